@@ -1,0 +1,23 @@
+# The two commands of the README. Each builds the environment first if it is missing or stale
+# (tools/setup_env.sh is idempotent and caches compiled wheels under ~/.cache/us3l).
+US3L_VENV ?= $(CURDIR)/.venv
+PY := $(US3L_VENV)/bin/python
+export US3L_VENV
+
+.PHONY: env demo test bench clean-demo
+
+env:
+	bash tools/setup_env.sh
+
+demo: env
+	$(PY) tools/run_all.py --preset demo --out runs/demo
+
+test: env
+	$(PY) -m pytest -q tests
+
+bench: env
+	$(PY) bench/pretrain_cost.py
+	$(PY) bench/probe_solver.py
+
+clean-demo:
+	rm -rf runs/demo

@@ -1,0 +1,227 @@
+"""The width rule and the universally slimmable layers.
+
+One set of weights serves every width r in [0.25, 1.0]: a layer of C channels runs with its first
+``channels_at(C, r)`` channels. Layers read their input width from the tensor they receive and their
+output width from the rule, so a whole network switches width with ``set_width(model, r)``.
+
+Every rule about widths lives here: the rounding (``make_divisible``/``channels_at``), the prefix
+slicing of a full-width tensor to a narrower shape (``slice_to``/``slice_state_dict``), and the
+layers' static twins. Everything else (export, detector configs, MACs tables) calls these.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+MIN_WIDTH = 0.25
+MAX_WIDTH = 1.0
+WIDTH_RULE = "make_divisible(C*r, 8): nearest multiple of 8, +8 if >10% below C*r, min 8"
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round to the nearest multiple of ``divisor``, never more than 10% below ``value``.
+
+    The rule of MobileNet/US-Net and of the US3L code; the single owner of channel rounding.
+    """
+    min_value = divisor if min_value is None else min_value
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return new_value
+
+
+def channels_at(full_channels: int, width: float) -> int:
+    """Channels a layer of ``full_channels`` channels has at width ``width``."""
+    check_width(width)
+    if width == 1.0:
+        return full_channels
+    return min(full_channels, make_divisible(full_channels * width))
+
+
+def check_width(width: float, low: float = MIN_WIDTH, high: float = MAX_WIDTH) -> float:
+    if not isinstance(width, (int, float)) or math.isnan(width) or not low <= width <= high:
+        raise ValueError(f"width {width!r} is outside the trained range [{low}, {high}]; "
+                         f"pass a ratio such as 0.25, 0.5 or 1.0")
+    return float(width)
+
+
+def slice_to(tensor: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Prefix-slice a full-width tensor to ``shape`` (every slimmable layout here is prefix-sliced)."""
+    if tensor.dim() != len(shape):
+        raise ValueError(f"cannot slice a {tuple(tensor.shape)} tensor to {tuple(shape)}")
+    if any(t < s for t, s in zip(tensor.shape, shape)):
+        raise ValueError(f"cannot slice a {tuple(tensor.shape)} tensor up to {tuple(shape)}")
+    return tensor[tuple(slice(0, s) for s in shape)].clone()
+
+
+def slice_state_dict(full: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+                     ) -> dict[str, torch.Tensor]:
+    """Slice every tensor of ``full`` to the shape of the same key in ``target`` (exact key sets)."""
+    missing = sorted(set(target) - set(full))
+    if missing:
+        raise KeyError(f"the slimmable weights lack {len(missing)} keys of the static model, "
+                       f"e.g. {missing[:3]}")
+    out = {}
+    for key, ref in target.items():
+        value = full[key]
+        out[key] = value.clone() if value.dim() == 0 else slice_to(value, ref.shape)
+    return out
+
+
+def grouped_channels_at(full_channels: int, width: float, groups: int = 1) -> int:
+    """Channels at ``width`` for a layer made of ``groups`` equal parts (ViT heads): each part
+    follows the width rule, so every head keeps the same size."""
+    if full_channels % groups:
+        raise ValueError(f"{full_channels} channels do not split into {groups} equal groups")
+    return groups * channels_at(full_channels // groups, width)
+
+
+class SlimMixin:
+    """A layer whose output channels follow the network's current width."""
+
+    width: float = 1.0
+    slim_out: bool = True
+    out_groups: int = 1
+
+    def out_at(self, full: int) -> int:
+        if not self.slim_out:
+            return full
+        return grouped_channels_at(full, self.width, self.out_groups)
+
+
+class SlimConv2d(nn.Conv2d, SlimMixin):
+    """Conv2d that uses the first in/out channels; ``depthwise`` keeps groups == channels."""
+
+    def __init__(self, *args, slim_out: bool = True, depthwise: bool = False, out_groups: int = 1,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slim_out = slim_out
+        self.depthwise = depthwise
+        self.out_groups = out_groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cin = x.shape[1]
+        if self.depthwise:
+            cout, groups = cin, cin
+            weight = self.weight[:cout]
+        else:
+            cout, groups = self.out_at(self.out_channels), 1
+            weight = self.weight[:cout, :cin]
+        bias = self.bias[:cout] if self.bias is not None else None
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+
+class SlimLinear(nn.Linear, SlimMixin):
+    def __init__(self, *args, slim_out: bool = True, out_groups: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.slim_out = slim_out
+        self.out_groups = out_groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cout = self.out_at(self.out_features)
+        bias = self.bias[:cout] if self.bias is not None else None
+        return F.linear(x, self.weight[:cout, : x.shape[-1]], bias)
+
+
+class SlimBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the first C channels of shared affine parameters and running statistics.
+
+    Training uses batch statistics and leaves the buffers alone (they would mix widths). The
+    buffers are written only inside ``calibrating(model)``: a cumulative average at ONE width,
+    which is what the exported static model and eval mode then use (design.md §2).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 sync: bool = False):
+        super().__init__(num_features, eps, momentum, affine=True, track_running_stats=True)
+        self.calibrating = False
+        self.sync = sync
+
+    def _check_input_dim(self, x):  # any (N, C, ...) input
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        weight, bias = self.weight[:c], self.bias[:c]
+        if not self.training:
+            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias,
+                                False, 0.0, self.eps)
+        if self.calibrating:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias,
+                                True, factor, self.eps)
+        if self.sync and torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1:
+            from torch.nn.modules._functions import SyncBatchNorm as SyncBNFunction
+            return SyncBNFunction.apply(x, weight, bias, None, None, self.eps, 0.0,
+                                        torch.distributed.group.WORLD,
+                                        torch.distributed.get_world_size())
+        return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+
+
+class SlimLayerNorm(nn.LayerNorm):
+    """LayerNorm over the first D features (statistics over the active features only)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        return F.layer_norm(x, (d,), self.weight[:d], self.bias[:d], self.eps)
+
+
+SLIM_TYPES = (SlimConv2d, SlimLinear)
+
+
+def set_width(model: nn.Module, width: float) -> nn.Module:
+    """Run ``model`` at ``width`` from now on (every slimmable layer in it)."""
+    check_width(width)
+    for module in model.modules():
+        if isinstance(module, SlimMixin):
+            module.width = width
+    model.us3l_width = width
+    return model
+
+
+def get_width(model: nn.Module) -> float:
+    return getattr(model, "us3l_width", 1.0)
+
+
+@contextlib.contextmanager
+def at_width(model: nn.Module, width: float) -> Iterator[nn.Module]:
+    previous = get_width(model)
+    set_width(model, width)
+    try:
+        yield model
+    finally:
+        set_width(model, previous)
+
+
+def slim_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@contextlib.contextmanager
+def calibrating(model: nn.Module) -> Iterator[nn.Module]:
+    """Reset BN statistics and accumulate exact (momentum=None) averages while inside."""
+    bns = slim_batchnorms(model)
+    saved = [(bn.momentum, getattr(bn, "calibrating", None)) for bn in bns]
+    was_training = model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        if isinstance(bn, SlimBatchNorm):
+            bn.calibrating = True
+    model.train()
+    try:
+        yield model
+    finally:
+        for bn, (momentum, flag) in zip(bns, saved):
+            bn.momentum = momentum
+            if isinstance(bn, SlimBatchNorm):
+                bn.calibrating = flag
+        model.train(was_training)

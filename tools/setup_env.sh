@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Build the us3l virtual environment: torch, mmcv WITH compiled ops, mmdet, detectron2, pycocotools.
+#
+# Why a script and not `pip install -r`: mmcv must be compiled against the installed torch
+# (--no-build-isolation) after a one-flag fix (C++17 -> C++20 for torch 2.14's headers), and the
+# PyPI detectron2 sdist ships no C++ sources, so it is built without extensions. Compiled wheels
+# are cached under $US3L_CACHE (default ~/.cache/us3l) keyed by versions, so a second run is fast.
+#
+# Environment:
+#   US3L_VENV        where the venv goes (default: <checkout>/.venv)
+#   US3L_CACHE       wheel/sdist cache (default: ~/.cache/us3l)
+#   US3L_PYTHON      interpreter for the venv (default: python3.11, else python3)
+#   DETECTRON2_SRC   optional: an official detectron2 source tree or wheel (built WITH its ops)
+#   US3L_JOBS        parallel compile jobs for mmcv (default: nproc)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${US3L_VENV:-$ROOT/.venv}"
+CACHE="${US3L_CACHE:-$HOME/.cache/us3l}"
+CONSTRAINTS="$ROOT/constraints.txt"
+JOBS="${US3L_JOBS:-$(nproc)}"
+PY="${US3L_PYTHON:-$(command -v python3.11 || command -v python3)}"
+
+pin() { grep -E "^$1==" "$CONSTRAINTS" | head -1 | cut -d= -f3; }
+TORCH_V="$(pin torch)"; TV_V="$(pin torchvision)"; MMCV_V="$(pin mmcv)"; D2_V="$(pin pb1-detectron2)"
+PYTAG="$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')"
+WHEELS="$CACHE/wheels/torch${TORCH_V}-${PYTAG}"
+mkdir -p "$WHEELS" "$CACHE/sdist"
+
+T0=$SECONDS
+step() { printf '\n[setup %4ds] %s\n' "$((SECONDS - T0))" "$*"; }
+quiet_pip() { "$VENV/bin/pip" "$@" 2>&1 | grep -v -E "is ignored: it is neither a file nor a directory" || return "${PIPESTATUS[0]}"; }
+
+# Everything the stamp depends on: if none of it changed, the venv is complete and we stop here.
+STAMP_KEY="$(cat "$CONSTRAINTS" "$ROOT/tools/setup_env.sh" "$ROOT/setup.cfg" | sha256sum | cut -c1-16)-${DETECTRON2_SRC:-pypi}"
+if [[ -f "$VENV/.us3l-stamp" && "$(cat "$VENV/.us3l-stamp")" == "$STAMP_KEY" ]] \
+   && "$VENV/bin/python" -c "import torch, mmcv.ops, mmdet, detectron2, pycocotools, pretrain, transfer" 2>/dev/null; then
+  step "environment $VENV is up to date (stamp $STAMP_KEY)"; exit 0
+fi
+
+step "1/6 virtual environment at $VENV ($PY)"
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+quiet_pip install -q -c "$CONSTRAINTS" "setuptools" wheel ninja
+
+step "2/6 torch==$TORCH_V torchvision==$TV_V"
+quiet_pip install -q -c "$CONSTRAINTS" "torch==$TORCH_V" "torchvision==$TV_V"
+
+step "3/6 mmcv==$MMCV_V with compiled ops (cached in $WHEELS)"
+MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_V"-*.whl 2>/dev/null | head -1 || true)"
+if [[ -z "$MMCV_WHEEL" ]]; then
+  BUILD="$(mktemp -d)"
+  quiet_pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$CACHE/sdist" "mmcv==$MMCV_V"
+  tar xzf "$CACHE/sdist/mmcv-$MMCV_V.tar.gz" -C "$BUILD"
+  # torch >= 2.10 headers need C++20; mmcv hard-codes C++17.
+  sed -i "s/-std=c++17/-std=c++20/g" "$BUILD/mmcv-$MMCV_V/setup.py"
+  echo "  compiling mmcv ops with $JOBS jobs (about 10 min on 2 cores, once)..."
+  ( cd "$BUILD/mmcv-$MMCV_V" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$JOBS" \
+      CFLAGS='-O3 -g0 -DNDEBUG -fwrapv' CXXFLAGS='-O3 -g0 -DNDEBUG' \
+      "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps -w "$BUILD/out" . )
+  mv "$BUILD"/out/mmcv-*.whl "$WHEELS/" && rm -rf "$BUILD"
+  MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_V"-*.whl | head -1)"
+fi
+quiet_pip install -q -c "$CONSTRAINTS" --no-deps "$MMCV_WHEEL"
+quiet_pip install -q -c "$CONSTRAINTS" addict packaging Pillow pyyaml yapf opencv-python-headless
+
+step "4/6 detectron2"
+if [[ -n "${DETECTRON2_SRC:-}" ]]; then
+  echo "  official detectron2 from $DETECTRON2_SRC (with its compiled ops)"
+  quiet_pip install -q -c "$CONSTRAINTS" --no-build-isolation "$DETECTRON2_SRC"
+else
+  D2_WHEEL="$(ls "$WHEELS"/pb1_detectron2-"$D2_V"-*.whl 2>/dev/null | head -1 || true)"
+  if [[ -z "$D2_WHEEL" ]]; then
+    BUILD="$(mktemp -d)"
+    quiet_pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$CACHE/sdist" "pb1-detectron2==$D2_V"
+    tar xzf "$CACHE/sdist/pb1-detectron2-$D2_V.tar.gz" -C "$BUILD"
+    # The sdist lacks detectron2/layers/csrc: build no extension (transfer/detectron2/compat.py
+    # stands in for _C), and package the model-zoo configs that the sdist does carry.
+    "$VENV/bin/python" - "$BUILD/pb1-detectron2-$D2_V/setup.py" <<'PYEOF'
+import sys, re
+p = sys.argv[1]; s = open(p).read()
+s = s.replace("ext_modules=get_extensions(),", "ext_modules=[],")
+s = s.replace('package_data={"detectron2.model_zoo": get_model_zoo_configs()},',
+              'package_data={"detectron2.model_zoo": ["configs/*.yaml", "configs/**/*.yaml", "configs/**/*.py"]},')
+s = s.replace('"black==21.4b2",', '')
+open(p, "w").write(s)
+PYEOF
+    ( cd "$BUILD/pb1-detectron2-$D2_V" && "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps -w "$BUILD/out" . )
+    mv "$BUILD"/out/pb1_detectron2-*.whl "$WHEELS/" && rm -rf "$BUILD"
+    D2_WHEEL="$(ls "$WHEELS"/pb1_detectron2-"$D2_V"-*.whl | head -1)"
+  fi
+  quiet_pip install -q -c "$CONSTRAINTS" "$D2_WHEEL"
+fi
+
+step "5/6 mmengine, mmdet, pycocotools and the project's own dependencies"
+quiet_pip install -q -c "$CONSTRAINTS" mmengine mmdet pycocotools scipy scikit-learn matplotlib \
+  pyyaml tqdm tensorboard pytest
+quiet_pip install -q -c "$CONSTRAINTS" --no-deps --no-build-isolation -e "$ROOT"
+
+step "6/6 check"
+"$VENV/bin/python" - <<'PYEOF'
+import torch, torchvision, mmcv, mmdet, mmengine, pycocotools
+from mmcv.ops import nms, RoIAlign  # compiled ops must be present
+import transfer.detectron2.compat  # noqa: F401  (detectron2 through the compat layer)
+import detectron2
+print(f"  torch {torch.__version__}  torchvision {torchvision.__version__}  mmcv {mmcv.__version__}"
+      f"  mmengine {mmengine.__version__}  mmdet {mmdet.__version__}  detectron2 {detectron2.__version__}"
+      f"  (ops: {'compiled' if transfer.detectron2.compat.HAS_COMPILED_OPS else 'torchvision stand-ins'})")
+PYEOF
+echo "$STAMP_KEY" > "$VENV/.us3l-stamp"
+step "done: $VENV"

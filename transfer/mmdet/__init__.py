@@ -1,0 +1,1 @@
+"""MMDetection glue: the us3l backbone registered in mmdet's MODELS and config helpers."""

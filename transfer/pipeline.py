@@ -1,0 +1,90 @@
+"""Resumable steps for the end-to-end job: a step re-runs only when its inputs changed.
+
+Each step is a command line plus the files and settings it depends on. A finished step leaves
+``<out>/.steps/<name>.json`` holding the fingerprint of its inputs and the command; a re-run
+with the same fingerprint and all outputs present is skipped. The pipeline calls the project's
+own CLIs as subprocesses, so what it runs is exactly what a user would type (and is logged).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pretrain.checkpoint import atomic_write
+
+
+@dataclass
+class Step:
+    name: str
+    command: list[str]
+    outputs: list[Path]
+    inputs: list[Path] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    env: dict | None = None
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(json.dumps([self.command, self.settings], sort_keys=True,
+                                           default=str).encode())
+        for path in self.inputs:
+            digest.update(str(path).encode())
+            if Path(path).is_file():
+                stat = Path(path).stat()
+                digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:16]
+
+
+class Pipeline:
+    def __init__(self, out: Path, log=print):
+        self.out = Path(out)
+        self.state_dir = self.out / ".steps"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self.records: list[dict] = []
+
+    def _stamp(self, step: Step) -> Path:
+        return self.state_dir / f"{step.name}.json"
+
+    def is_done(self, step: Step) -> bool:
+        stamp = self._stamp(step)
+        if not stamp.is_file() or not all(Path(p).exists() for p in step.outputs):
+            return False
+        return json.loads(stamp.read_text()).get("fingerprint") == step.fingerprint()
+
+    def run(self, step: Step) -> dict:
+        cmd_text = shlex.join(step.command)
+        if self.is_done(step):
+            record = json.loads(self._stamp(step).read_text()) | {"skipped": True}
+            self.log(f"[{step.name}] up to date, skipped  ({cmd_text})")
+            self.records.append(record)
+            return record
+        self.log(f"[{step.name}] $ {cmd_text}")
+        start = time.time()
+        logfile = self.out / "logs" / f"{step.name}.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        with open(logfile, "w") as fh:
+            proc = subprocess.run(step.command, stdout=fh, stderr=subprocess.STDOUT, env=step.env)
+        seconds = round(time.time() - start, 1)
+        if proc.returncode != 0:
+            tail = logfile.read_text().strip().splitlines()[-15:]
+            self.log("\n".join(f"    {line}" for line in tail))
+            raise SystemExit(f"step '{step.name}' failed (exit {proc.returncode}) after {seconds}s;"
+                             f" full log: {logfile}")
+        missing = [str(p) for p in step.outputs if not Path(p).exists()]
+        if missing:
+            raise SystemExit(f"step '{step.name}' finished but did not write {missing}")
+        record = {"name": step.name, "command": cmd_text, "seconds": seconds,
+                  "fingerprint": step.fingerprint(), "log": str(logfile), "skipped": False}
+        atomic_write(self._stamp(step), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
+        self.log(f"[{step.name}] done in {seconds}s")
+        self.records.append(record)
+        return record
+
+
+def python() -> str:
+    return sys.executable
