@@ -6,8 +6,13 @@
 # PyPI detectron2 sdist ships no C++ sources, so it is built without extensions. Compiled wheels
 # are cached under $US3L_CACHE (default ~/.cache/us3l) keyed by versions, so a second run is fast.
 #
+# Layout: the heavy, version-keyed part (torch, engines, every third-party package) is a venv of its
+# own under $US3L_CACHE/venvs/base-<key>, built once per machine; the checkout's venv ($US3L_VENV)
+# is a small venv that sees that base through a site .pth and holds the project itself
+# (`pip install -e .`). A fresh clone therefore sets up in seconds once the base exists.
+#
 # Environment:
-#   US3L_VENV        where the venv goes (default: <checkout>/.venv)
+#   US3L_VENV        where the project's venv goes (default: <checkout>/.venv)
 #   US3L_CACHE       wheel/sdist cache (default: ~/.cache/us3l)
 #   US3L_PYTHON      interpreter for the venv (default: python3.11, else python3)
 #   DETECTRON2_SRC   optional: an official detectron2 source tree or wheel (built WITH its ops)
@@ -31,15 +36,23 @@ T0=$SECONDS
 step() { printf '\n[setup %4ds] %s\n' "$((SECONDS - T0))" "$*"; }
 quiet_pip() { "$VENV/bin/pip" "$@" 2>&1 | grep -v -E "is ignored: it is neither a file nor a directory" || return "${PIPESTATUS[0]}"; }
 
-# Everything the stamp depends on: if none of it changed, the venv is complete and we stop here.
-STAMP_KEY="$(cat "$CONSTRAINTS" "$ROOT/tools/setup_env.sh" "$ROOT/setup.cfg" | sha256sum | cut -c1-16)-${DETECTRON2_SRC:-pypi}"
+# What the base depends on: if none of it changed, the base is complete and is reused.
+BASE_KEY="$(cat "$CONSTRAINTS" "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-12)-${PYTAG}-$(echo "${DETECTRON2_SRC:-pypi}" | sha256sum | cut -c1-6)"
+BASE="$CACHE/venvs/base-$BASE_KEY"
+STAMP_KEY="$BASE_KEY-$(cat "$ROOT/setup.cfg" | sha256sum | cut -c1-8)"
 if [[ -f "$VENV/.us3l-stamp" && "$(cat "$VENV/.us3l-stamp")" == "$STAMP_KEY" ]] \
    && "$VENV/bin/python" -c "import torch, mmcv.ops, mmdet, detectron2, pycocotools, pretrain, transfer" 2>/dev/null; then
   step "environment $VENV is up to date (stamp $STAMP_KEY)"; exit 0
 fi
 
-step "1/6 virtual environment at $VENV ($PY)"
-[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+PROJECT_VENV="$VENV"
+VENV="$BASE"   # steps 1-5 build the shared base; the project's venv is layered on it afterwards
+if [[ -f "$BASE/.us3l-base-complete" ]]; then
+  step "1-5/6 reusing the built base environment $BASE"
+else
+step "1/6 base virtual environment at $BASE ($PY)"
+rm -rf "$BASE"
+"$PY" -m venv "$BASE"
 quiet_pip install -q -c "$CONSTRAINTS" "setuptools" wheel ninja
 
 step "2/6 torch==$TORCH_V torchvision==$TV_V"
@@ -94,9 +107,28 @@ fi
 step "5/6 mmengine, mmdet, pycocotools and the project's own dependencies"
 quiet_pip install -q -c "$CONSTRAINTS" mmengine mmdet pycocotools scipy scikit-learn matplotlib \
   pyyaml tqdm tensorboard pytest
+touch "$BASE/.us3l-base-complete"
+fi
+
+step "6/6 project environment $PROJECT_VENV on top of the base, pip install -e ., check"
+VENV="$PROJECT_VENV"
+if [[ ! -x "$VENV/bin/python" ]] || ! grep -q "$BASE" "$VENV"/lib/python3*/site-packages/us3l-base.pth 2>/dev/null; then
+  [[ ! -e "$VENV" || -f "$VENV/pyvenv.cfg" ]] || { echo "refusing to replace $VENV: not a virtual environment" >&2; exit 2; }
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+  SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  BASE_SITE="$("$BASE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  echo "import site; site.addsitedir('$BASE_SITE')" > "$SITE/us3l-base.pth"
+  # Console scripts of the base, run by this venv's interpreter (so they see the project too).
+  for tool in torchrun pytest; do
+    printf '#!/usr/bin/env bash\nexec "%s" -m %s "$@"\n' "$VENV/bin/python" \
+      "$(case $tool in torchrun) echo torch.distributed.run;; *) echo $tool;; esac)" \
+      > "$VENV/bin/$tool"
+    chmod +x "$VENV/bin/$tool"
+  done
+fi
 quiet_pip install -q -c "$CONSTRAINTS" --no-deps --no-build-isolation -e "$ROOT"
 
-step "6/6 check"
 "$VENV/bin/python" - <<'PYEOF'
 import torch, torchvision, mmcv, mmdet, mmengine, pycocotools
 from mmcv.ops import nms, RoIAlign  # compiled ops must be present
