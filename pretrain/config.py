@@ -1,0 +1,226 @@
+"""Pretraining configuration: defaults, YAML files with ``_base_`` inheritance, key=value overrides.
+
+A config file only states what differs from ``DEFAULTS`` (or from its ``_base_`` files, merged in
+order, paths relative to the file). Overrides ``a.b=value`` are parsed as YAML scalars/lists.
+Unknown keys are errors (a typo must not silently train the wrong model). The resolved config is
+what the checkpoint stores and what ``save_resolved`` writes next to the outputs.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from pretrain.checkpoint import atomic_write
+
+
+class ConfigError(ValueError):
+    """A config the user must fix (one line naming the key and what is expected)."""
+
+
+DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "model": {"arch": "resnet18", "stem": "cifar"},
+    "method": {
+        # us3l (= Table 7 case 13) | simclr | simsiam | byol | mocov2 | mocov3 | custom: the preset
+        # filling every switch below that is left null (pretrain/methods/).
+        "name": "us3l",
+        "table7_case": None,        # 1-17: takes the switches from Table 7 instead of the name
+        "base_loss": None,          # mse | infonce
+        "distill_loss": None,       # none | mse | infonce
+        "aux_distill_head": None,   # bool: g(.) of Eq. 3
+        "momentum_base": None,      # bool: base network's target from the momentum encoder
+        "momentum_sub": None,       # bool: sub-networks' target from the momentum encoder
+        "predictor": "auto",        # auto (= with mse base loss) | true | false
+        "temperature": 0.5,
+        "distill_temperature": None,  # null = temperature
+        "momentum": 0.99,
+        "momentum_schedule": "fixed",  # fixed | cosine (towards 1.0)
+        "queue_size": 0,            # MoCo v2 negatives (0 = none)
+    },
+    "heads": {
+        "projector": {"hidden": 2048, "out": 256, "layers": 3, "bn_last": True},
+        "predictor": {"hidden": 512},
+        "distill_head": {"hidden": 2048},
+    },
+    "sampling": {
+        "sandwich": True,       # max + min + random widths (US-Net)
+        "dynamic": True,        # Algorithm 1 (first quarter: full width only; R_min 0.75/0.5/0.25)
+        "num_random": 1,        # random widths per iteration besides max (and min)
+        "min_width": 0.25,
+        "max_width": 1.0,
+        "fixed_width": None,    # train one width only (individually trained baselines)
+    },
+    "regularization": {"type": "group", "groups": 8, "alpha": 0.05, "lam": 5.0e-5},
+    "optim": {
+        "name": "sgd",          # sgd | lars | adamw
+        "lr": 0.5,
+        "scale_lr": False,      # lr * batch_size / 256
+        "momentum": 0.9,
+        "weight_decay": 0.0,    # optimizer's own decay (group regularization is in the loss)
+        "warmup_epochs": 10,
+        "min_lr": 0.0,
+        "lars_eta": 0.001,
+        "betas": [0.9, 0.999],
+    },
+    "schedule": {"epochs": 400, "iters": None},  # iters (if set) overrides epochs
+    "data": {
+        "name": "synthetic",    # synthetic | cifar10 | cifar100 | folder
+        "root": "data",
+        "image_size": 32,
+        "batch_size": 512,
+        "num_workers": 4,
+        "verify_md5": True,
+        "augment": "cifar",     # cifar | imagenet
+        "synthetic": {"num_classes": 10, "train_size": 2048, "val_size": 512, "seed": 0},
+    },
+    "monitor": {
+        "log_every": 10,
+        "knn_every": 0,         # iterations between kNN checks (0 = off)
+        "knn_widths": [1.0, 0.25],
+        "knn_k": 20,
+        "knn_batches": 8,       # batches used for BN calibration and the kNN bank
+        "collapse_ratio": 0.1,  # warn when std * sqrt(dim) of normalised embeddings falls below
+        "stop_on_collapse": False,
+        "tensorboard": True,
+    },
+    "checkpoint": {"every_iters": 200},
+    "output": {"dir": "runs/us3l"},
+    "amp": True,                # mixed precision (CUDA only)
+    "dist": {"sync_bn": True, "backend": None},
+}
+
+
+OPEN_SECTIONS = ("model",)  # options differ per architecture: any key, checked by the builder
+
+
+def _restarts(key: str, old: Any, new: Any) -> bool:
+    """A new ``model.arch`` starts the model section afresh (a ViT takes no ResNet ``stem``)."""
+    return (key == "model" and isinstance(old, dict) and isinstance(new, dict)
+            and "arch" in new and new["arch"] != old.get("arch"))
+
+
+def deep_merge(base: dict, update: dict, path: str = "") -> dict:
+    """``base`` updated by ``update`` recursively; keys unknown to ``base`` are errors."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        where = f"{path}{key}"
+        if not path and key in OPEN_SECTIONS and isinstance(value, dict):
+            out[key] = copy.deepcopy(value) if _restarts(key, out.get(key), value) \
+                else {**out.get(key, {}), **copy.deepcopy(value)}
+            continue
+        if key not in out:
+            known = ", ".join(sorted(out)) or "none"
+            raise ConfigError(f"unknown config key '{where}'; known keys here: {known}")
+        if isinstance(out[key], dict) and isinstance(value, dict):
+            out[key] = deep_merge(out[key], value, where + ".")
+        elif isinstance(out[key], dict) and value is not None:
+            raise ConfigError(f"config key '{where}' is a section; give its sub-keys "
+                              f"({', '.join(sorted(out[key]))})")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _merge_files(update: dict, base: dict) -> dict:
+    """Merge without the unknown-key check (used to stack ``_base_`` files before validation)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if _restarts(key, out.get(key), value):
+            out[key] = copy.deepcopy(value)
+        elif isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = _merge_files(value, out[key])
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
+    """A YAML file with its ``_base_`` files (a path or list, relative to it) merged underneath."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"config {path} inherits from itself via _base_")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass one of configs/pretrain/*.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a mapping of keys, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    merged: dict = {}
+    for base in bases:
+        merged = _merge_files(read_yaml(path.parent / base, _seen + (path,)), merged)
+    return _merge_files(data, merged)
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` -> {"a": {"b": {"c": value}}} with value parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not key=value (e.g. data.batch_size=64)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key; write e.g. optim.lr=0.1")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    out: dict = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+    """DEFAULTS <- file (with its bases) <- overrides, then validated and resolved."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        cfg = deep_merge(cfg, read_yaml(path))
+    for text in overrides:
+        cfg = deep_merge(cfg, parse_override(text))
+    return resolve(cfg)
+
+
+def resolve(cfg: dict) -> dict:
+    """Fill derived values (method switches from Table 7 / presets) and check value ranges."""
+    from pretrain.methods import resolve_method
+    cfg = copy.deepcopy(cfg)
+    cfg["method"] = resolve_method(cfg["method"])
+    s = cfg["sampling"]
+    if s["fixed_width"] is not None:
+        s["min_width"] = s["max_width"] = float(s["fixed_width"])
+    from pretrain import slim
+    for key in ("min_width", "max_width"):
+        try:
+            s[key] = slim.check_width(s[key])
+        except ValueError as err:
+            raise ConfigError(f"sampling.{key}: {err}") from None
+    if s["min_width"] > s["max_width"]:
+        raise ConfigError(f"sampling.min_width {s['min_width']} exceeds sampling.max_width "
+                          f"{s['max_width']}")
+    if int(s["num_random"]) < 0:
+        raise ConfigError("sampling.num_random must be >= 0")
+    if cfg["data"]["batch_size"] < 2:
+        raise ConfigError("data.batch_size must be at least 2 (contrastive losses need negatives)")
+    choices = {("optim", "name"): ("sgd", "lars", "adamw"),
+               ("regularization", "type"): ("group", "none"),
+               ("data", "name"): ("synthetic", "cifar10", "cifar100", "folder"),
+               ("data", "augment"): ("cifar", "imagenet")}
+    for (sec, key), allowed in choices.items():
+        if cfg[sec][key] not in allowed:
+            raise ConfigError(f"{sec}.{key}={cfg[sec][key]!r} is not one of {list(allowed)}")
+    return cfg
+
+
+def save_resolved(cfg: dict, out_dir: str | Path) -> Path:
+    """Write the resolved config as ``config.yaml`` next to the outputs (atomically)."""
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    return atomic_write(Path(out_dir) / "config.yaml", lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,266 @@
+"""Pretraining data: the built-in synthetic set, CIFAR-10/100 (torchvision, python format), image
+folders; two-view augmentations; a sampler that resumes mid-epoch.
+
+Determinism (for exact resume): the order of an epoch is a permutation seeded by (seed, epoch) and
+the augmentations of sample i in epoch e run under a torch RNG seeded by (seed, epoch, i), so a
+batch is the same whether the run was interrupted or not and whatever the number of workers.
+Real data is read through torchvision's own classes with ``download=False``; a missing or
+corrupted dataset is one ``DataError`` line naming the layout expected under ROOT.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.datasets as tvd
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+LAYOUTS = {
+    "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+    "cifar100": "ROOT/cifar-100-python/{train,test,meta}",
+    "folder": "ROOT/train/<class>/<image> (optionally ROOT/val/<class>/<image>), or ROOT/<class>/<image>",
+}
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be read (the message is one line for the user)."""
+
+
+# --- the built-in synthetic set -------------------------------------------------------------------
+def _shape_masks(u: np.ndarray, v: np.ndarray, shape: np.ndarray) -> np.ndarray:
+    """Ten shape families on rotated/scaled coordinates (u, v); ``shape`` is per image."""
+    r = np.sqrt(u * u + v * v)
+    box = np.maximum(np.abs(u), np.abs(v))
+    masks = [
+        r < 1.0,                                                     # disk
+        box < 0.8,                                                   # square
+        np.abs(u) + np.abs(v) < 1.0,                                 # diamond
+        (r > 0.55) & (r < 1.0),                                      # ring
+        ((np.abs(u) < 0.3) & (np.abs(v) < 1)) | ((np.abs(v) < 0.3) & (np.abs(u) < 1)),  # cross
+        (v > -0.5) & (v < 1.0 - 1.73 * np.abs(u)),                   # triangle
+        (r < 1.0) & (np.sin(7.0 * u) > 0),                           # striped disk
+        (box < 0.85) & (np.sin(5.0 * u) * np.sin(5.0 * v) > 0),      # checkered square
+        u * u + (v / 0.4) ** 2 < 1.0,                                # bar
+        (r < 1.0) & ((u - 0.45) ** 2 + v * v > 0.49),                # crescent
+    ]
+    stacked = np.stack(masks)  # (10, N, H, W)
+    return np.take_along_axis(stacked, shape[None, :, None, None] % len(masks), 0)[0]
+
+
+def make_synthetic(n: int, image_size: int = 32, num_classes: int = 10, seed: int = 0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` coloured-shape images (uint8 N x H x W x 3) and labels, a pure function of the seed.
+
+    Class c is shape ``c % 10`` in hue ``c / num_classes``; position, size, rotation, saturation,
+    background and noise vary per image, so the classes are learnable but not trivial.
+    """
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % num_classes)
+    images = np.empty((n, image_size, image_size, 3), dtype=np.uint8)
+    axis = (np.arange(image_size) + 0.5) / image_size * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    for start in range(0, n, 256):
+        lab = labels[start:start + 256]
+        m = len(lab)
+        cx, cy = rng.uniform(-0.35, 0.35, (2, m, 1, 1))
+        scale = rng.uniform(0.35, 0.6, (m, 1, 1))
+        theta = rng.uniform(0, 2 * math.pi, (m, 1, 1))
+        dx, dy = x - cx, y - cy
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / scale
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / scale
+        mask = _shape_masks(u, v, lab)[..., None].astype(np.float32)
+        hue = (lab / num_classes + rng.uniform(-0.02, 0.02, m)) % 1.0
+        sat, val = rng.uniform(0.6, 1.0, m), rng.uniform(0.7, 1.0, m)
+        k = (hue[:, None] * 6 + np.array([5.0, 3.0, 1.0])) % 6
+        rgb = val[:, None] * (1 - sat[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1))
+        bg = rng.uniform(0.0, 0.45, (m, 1, 1, 3)) + 0.15 * (y[None, ..., None] * rng.uniform(-1, 1, (m, 1, 1, 1)))
+        img = bg * (1 - mask) + rgb[:, None, None, :] * mask
+        img += rng.normal(0, 0.04, img.shape)
+        images[start:start + m] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+class ArrayDataset(Dataset):
+    """(image HxWx3 uint8, label) pairs held in memory."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+# --- real data through torchvision ----------------------------------------------------------------
+def _cifar_class(name: str, verify_md5: bool):
+    base = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    if verify_md5:
+        return base
+
+    class NoMD5(base):
+        """torchvision's loader, with the integrity check reduced to 'the files exist'."""
+
+        meta = {**base.meta, "md5": None}  # check_integrity(path, None) == "file exists"
+
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            files = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+            return all((folder / f).is_file() for f in files)
+
+    NoMD5.__name__ = base.__name__
+    return NoMD5
+
+
+def cifar(name: str, root: str, train: bool, verify_md5: bool = True) -> Dataset:
+    cls = _cifar_class(name, verify_md5)
+    try:
+        return cls(root, train=train, download=False)
+    except RuntimeError as err:
+        hint = "" if not verify_md5 else "; for a re-packed copy set data.verify_md5=false"
+        raise DataError(f"{name} not found or corrupted under {root} ({str(err).strip()[:60]}): "
+                        f"expected {LAYOUTS[name]}{hint}") from None
+    except Exception as err:  # a file that exists but is not a CIFAR pickle
+        raise DataError(f"{name} under {root} is unreadable ({type(err).__name__}): expected "
+                        f"{LAYOUTS[name]} in torchvision's python format") from None
+
+
+def image_folder(root: str, split: str) -> Dataset | None:
+    base = Path(root)
+    folder = base / split if (base / split).is_dir() else (base if split == "train" else None)
+    if folder is None:
+        return None
+    try:
+        return tvd.ImageFolder(str(folder))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"image folder {folder} is unusable ({str(err).splitlines()[0][:80]}): "
+                        f"expected {LAYOUTS['folder']}") from None
+
+
+def build_datasets(data: dict) -> tuple[Dataset, Dataset | None]:
+    """(train, labelled val or None) without transforms, from the ``data`` config section."""
+    name = data["name"]
+    if name == "synthetic":
+        s = data["synthetic"]
+        train = ArrayDataset(*make_synthetic(s["train_size"], data["image_size"], s["num_classes"],
+                                             s["seed"]))
+        val = ArrayDataset(*make_synthetic(s["val_size"], data["image_size"], s["num_classes"],
+                                           s["seed"] + 1)) if s["val_size"] else None
+        return train, val
+    if name in ("cifar10", "cifar100"):
+        return (cifar(name, data["root"], True, data["verify_md5"]),
+                cifar(name, data["root"], False, data["verify_md5"]))
+    if name == "folder":
+        if not Path(data["root"]).is_dir():
+            raise DataError(f"image folder {data['root']} does not exist: expected "
+                            f"{LAYOUTS['folder']}")
+        return image_folder(data["root"], "train"), image_folder(data["root"], "val")
+    raise DataError(f"unknown dataset {name!r}; expected synthetic, cifar10, cifar100 or folder")
+
+
+# --- augmentations --------------------------------------------------------------------------------
+def two_view_transform(kind: str, size: int) -> v2.Compose:
+    """One random view (SimCLR/BYOL recipe); ``kind`` 'cifar' (small images) or 'imagenet'."""
+    ops = [v2.ToImage(),
+           v2.RandomResizedCrop(size, scale=(0.2, 1.0) if kind == "cifar" else (0.08, 1.0),
+                                antialias=True),
+           v2.RandomHorizontalFlip(),
+           v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4 if kind == "cifar" else 0.2, 0.1)], p=0.8),
+           v2.RandomGrayscale(p=0.2)]
+    if kind == "imagenet":
+        k = max(3, int(0.1 * size) // 2 * 2 + 1)
+        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    return v2.Compose(ops)
+
+
+def eval_transform(kind: str, size: int) -> v2.Compose:
+    ops = [v2.ToImage()]
+    if kind == "imagenet":
+        ops += [v2.Resize(int(round(size * 256 / 224)), antialias=True), v2.CenterCrop(size)]
+    else:
+        ops += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2 ** 63)
+
+
+class TwoViews(Dataset):
+    """(view1, view2, label); sample i of epoch e is augmented under seed (seed, e, i)."""
+
+    def __init__(self, base: Dataset, transform, seed: int = 0):
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
+            return self.transform(image), self.transform(image), label
+
+
+class Transformed(Dataset):
+    """(image, label) with a deterministic transform (kNN bank, BN calibration)."""
+
+    def __init__(self, base: Dataset, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        image, label = self.base[i]
+        return self.transform(image), label
+
+
+class ResumableSampler(Sampler[int]):
+    """This rank's indices of epoch ``epoch`` from global batch ``start_batch`` on.
+
+    Global batch b of an epoch is ``perm[b*B:(b+1)*B]`` of a permutation seeded by (seed, epoch);
+    rank r takes its r-th equal slice. Only whole batches are yielded (drop_last).
+    """
+
+    def __init__(self, n: int, global_batch: int, seed: int, epoch: int = 0, start_batch: int = 0,
+                 rank: int = 0, world: int = 1):
+        if global_batch % world:
+            raise ValueError(f"data.batch_size {global_batch} is not divisible by {world} processes")
+        self.n, self.batch, self.seed, self.epoch = n, global_batch, seed, epoch
+        self.start, self.rank, self.world = start_batch, rank, world
+        self.local = global_batch // world
+
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        for b in range(self.start, self.batches_per_epoch()):
+            lo = b * self.batch + self.rank * self.local
+            yield from perm[lo:lo + self.local]
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch() - self.start) * self.local
+
+
+def train_loader(dataset: TwoViews, data: dict, seed: int, epoch: int, start_batch: int,
+                 rank: int = 0, world: int = 1) -> DataLoader:
+    dataset.set_epoch(epoch)
+    sampler = ResumableSampler(len(dataset), data["batch_size"], seed, epoch, start_batch, rank,
+                               world)
+    workers = int(data["num_workers"])
+    return DataLoader(dataset, batch_size=sampler.local, sampler=sampler, drop_last=True,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False,  # own generator: the global RNG is left alone
+                      generator=torch.Generator().manual_seed(seed * 100_003 + epoch))

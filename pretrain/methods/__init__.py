@@ -1,0 +1,61 @@
+"""Method presets and the resolution of the ``method`` config section into explicit switches.
+
+Every method is the one ``US3L`` loss machinery (methods/us3l.py) with different switches; the
+named presets live in their own small modules. A switch left null comes from ``table7_case`` when
+that is set, else from the preset of ``name``; a switch given explicitly always wins.
+"""
+from __future__ import annotations
+
+from pretrain.methods import byol, moco, simclr, simsiam
+from pretrain.methods.us3l import PRESET as US3L_PRESET
+from pretrain.methods.us3l import SWITCHES, US3L, OnlineNetwork, table7_case  # noqa: F401
+
+PRESETS = {
+    "us3l": US3L_PRESET,
+    "simclr": simclr.PRESET,
+    "simsiam": simsiam.PRESET,
+    "byol": byol.PRESET,
+    "mocov2": moco.PRESET_V2,
+    "mocov3": moco.PRESET_V3,
+    "custom": {},
+}
+_CHOICES = {"base_loss": ("mse", "infonce"), "distill_loss": ("none", "mse", "infonce")}
+
+
+def resolve_method(m: dict) -> dict:
+    """The ``method`` section with every switch filled and checked (raises ConfigError)."""
+    from pretrain.config import ConfigError
+    m = dict(m)
+    if m.get("table7_case") is not None:
+        try:
+            start = table7_case(int(m["table7_case"]))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"method.table7_case: {err}") from None
+    elif m.get("name") in PRESETS:
+        start = PRESETS[m["name"]]
+    else:
+        raise ConfigError(f"method.name={m.get('name')!r} is not one of {sorted(PRESETS)} "
+                          f"(or set method.table7_case)")
+    for key in SWITCHES:
+        if m.get(key) is None:
+            if key not in start:
+                raise ConfigError(f"method.{key} is not set; give it or use a preset/table7_case")
+            m[key] = start[key]
+    for key, allowed in _CHOICES.items():
+        if m[key] not in allowed:
+            raise ConfigError(f"method.{key}={m[key]!r} is not one of {list(allowed)}")
+    for key in ("aux_distill_head", "momentum_base", "momentum_sub"):
+        if not isinstance(m[key], bool):
+            raise ConfigError(f"method.{key} must be true or false, got {m[key]!r}")
+    if m["distill_loss"] == "none" and (m["momentum_sub"] or m["aux_distill_head"]):
+        raise ConfigError("method.distill_loss=none (sub-networks use the base loss) cannot take "
+                          "momentum_sub or aux_distill_head; set them false or pick a distill loss")
+    if m["predictor"] == "auto":
+        m["predictor"] = m["base_loss"] == "mse"
+    if not isinstance(m["predictor"], bool):
+        raise ConfigError(f"method.predictor must be auto, true or false, got {m['predictor']!r}")
+    if m["momentum_schedule"] not in ("fixed", "cosine"):
+        raise ConfigError(f"method.momentum_schedule={m['momentum_schedule']!r} is not fixed|cosine")
+    if int(m.get("queue_size") or 0) and not (m["momentum_base"] and m["base_loss"] == "infonce"):
+        raise ConfigError("method.queue_size needs base_loss infonce with momentum_base true (MoCo)")
+    return m

@@ -1,0 +1,151 @@
+"""Watching a pretraining run per width: loss, collapse metric, optional kNN accuracy.
+
+Collapse (the failure of Table 7 case 1) shows as the std of L2-normalised embeddings falling to 0
+(SimSiam's metric); healthy outputs sit near 1/sqrt(dim), so the warning compares
+``std * sqrt(dim)`` with ``monitor.collapse_ratio``. Logs go to CSV files (always) and TensorBoard
+(when installed): ``train.csv`` (one row per logged iteration), ``widths.csv`` (one row per
+sampled width: iteration, width, role, loss, std) and ``knn.csv``.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pretrain import slim
+
+
+class CollapseError(RuntimeError):
+    """Raised when ``monitor.stop_on_collapse`` is on and the embeddings collapsed."""
+
+
+class Monitor:
+    def __init__(self, out_dir: str | Path, cfg: dict, enabled: bool = True):
+        self.cfg, self.enabled, self.out = cfg, enabled, Path(out_dir)
+        self.writer = None
+        self.collapsed_at: int | None = None
+        self._files: dict[str, tuple] = {}
+        if enabled:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if cfg.get("tensorboard", True):
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                    self.writer = SummaryWriter(str(self.out / "tb"))
+                except ImportError:
+                    warnings.warn("tensorboard is not installed: logging to CSV only", stacklevel=2)
+
+    def _csv(self, name: str, header: list[str], row: list) -> None:
+        if name not in self._files:
+            path = self.out / name
+            new = not path.exists()
+            fh = open(path, "a", newline="")
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(header)
+            self._files[name] = (fh, writer)
+        fh, writer = self._files[name]
+        writer.writerow(row)
+        fh.flush()
+
+    def collapse_score(self, std: float, dim: int) -> float:
+        return std * math.sqrt(dim)
+
+    def check_collapse(self, iteration: int, std: float, dim: int, width: float) -> bool:
+        """Warn (or raise) when the normalised-embedding std at ``width`` is near 0."""
+        score = self.collapse_score(std, dim)
+        if score >= float(self.cfg["collapse_ratio"]):
+            return False
+        if self.collapsed_at is None:
+            self.collapsed_at = iteration
+            if self.enabled:
+                warnings.warn(f"iteration {iteration}: embeddings at width {width:g} look collapsed "
+                              f"(std*sqrt(dim) = {score:.3f} < {self.cfg['collapse_ratio']})",
+                              stacklevel=2)
+        if self.cfg.get("stop_on_collapse"):
+            raise CollapseError(f"embeddings collapsed at iteration {iteration} (width {width:g}, "
+                                f"std*sqrt(dim) = {score:.3f}); stopping as monitor.stop_on_collapse "
+                                f"asks")
+        return True
+
+    def log_iteration(self, iteration: int, epoch: int, scalars: dict, records: list[dict]) -> None:
+        """``scalars``: lr, momentum, loss, reg, sec; ``records``: per width (width, role, loss, std)."""
+        if not self.enabled:
+            return
+        keys = ["lr", "momentum", "loss", "reg", "sec_per_iter"]
+        self._csv("train.csv", ["iteration", "epoch"] + keys + ["widths"],
+                  [iteration, epoch] + [f"{scalars.get(k, float('nan')):.6g}" for k in keys]
+                  + [" ".join(f"{r['width']:g}" for r in records)])
+        for r in records:
+            self._csv("widths.csv", ["iteration", "width", "role", "loss", "std"],
+                      [iteration, f"{r['width']:g}", r["role"], f"{r['loss']:.6g}",
+                       f"{r['std']:.6g}"])
+        if self.writer is not None:
+            for k in keys:
+                if k in scalars:
+                    self.writer.add_scalar(f"train/{k}", scalars[k], iteration)
+            for r in records:
+                self.writer.add_scalar(f"loss/{r['role']}", r["loss"], iteration)
+                self.writer.add_scalar(f"std/{r['role']}", r["std"], iteration)
+
+    def log_knn(self, iteration: int, accuracies: dict[float, float]) -> None:
+        if not self.enabled:
+            return
+        for width, acc in accuracies.items():
+            self._csv("knn.csv", ["iteration", "width", "top1"], [iteration, f"{width:g}",
+                                                                 f"{acc:.4f}"])
+            if self.writer is not None:
+                self.writer.add_scalar(f"knn/w{width:g}", acc, iteration)
+
+    def close(self) -> None:
+        for fh, _ in self._files.values():
+            fh.close()
+        self._files.clear()
+        if self.writer is not None:
+            self.writer.close()
+
+
+@torch.no_grad()
+def features(backbone: torch.nn.Module, loader, device: torch.device, max_batches: int
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    for i, (x, y) in enumerate(loader):
+        if i >= max_batches:
+            break
+        feats.append(F.normalize(backbone(x.to(device)).float(), dim=1))
+        labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels).to(device)
+
+
+@torch.no_grad()
+def knn_accuracy(backbone: torch.nn.Module, bank_loader, val_loader, width: float,
+                 device: torch.device, k: int = 20, max_batches: int = 8,
+                 temperature: float = 0.07) -> float:
+    """Weighted kNN top-1 (InstDisc) of the backbone at ``width``.
+
+    BN statistics are first calibrated at ``width`` on the bank images (training never uses the
+    running statistics, so this changes nothing in the run); the model's width and mode are restored.
+    """
+    was_training, previous = backbone.training, slim.get_width(backbone)
+    try:
+        slim.set_width(backbone, width)
+        with slim.calibrating(backbone):
+            for i, (x, _) in enumerate(bank_loader):
+                if i >= max_batches:
+                    break
+                backbone(x.to(device))
+        backbone.eval()
+        bank, bank_y = features(backbone, bank_loader, device, max_batches)
+        val, val_y = features(backbone, val_loader, device, max_batches)
+    finally:
+        slim.set_width(backbone, previous)
+        backbone.train(was_training)
+    num_classes = int(max(bank_y.max(), val_y.max())) + 1
+    sim, idx = (val @ bank.t()).topk(min(k, len(bank)), dim=1)
+    weights = (sim / temperature).exp()
+    votes = torch.zeros(len(val), num_classes, device=device)
+    votes.scatter_add_(1, bank_y[idx], weights)
+    return (votes.argmax(1) == val_y).float().mean().item()

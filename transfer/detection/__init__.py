@@ -1,0 +1,1 @@
+"""Engine-neutral detection pieces: dataset layouts, the synthetic data generator, the metrics schema."""

@@ -1,0 +1,1 @@
+"""Results of the transfer suite as tables and plots (accuracy against width and MACs)."""
