@@ -10,7 +10,7 @@ env:
 	bash tools/setup_env.sh
 
 demo: env
-	$(PY) tools/run_all.py --preset demo --out runs/demo
+	$(PY) tools/run_all.py --preset demo --out runs/main
 
 test: env
 	$(PY) -m pytest -q tests
@@ -20,4 +20,4 @@ bench: env
 	$(PY) bench/probe_solver.py
 
 clean-demo:
-	rm -rf runs/demo
+	rm -rf runs/main

@@ -98,29 +98,11 @@ class ArrayDataset(Dataset):
 
 
 # --- real data through torchvision ----------------------------------------------------------------
-def _cifar_class(name: str, verify_md5: bool):
-    base = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-    if verify_md5:
-        return base
-
-    class NoMD5(base):
-        """torchvision's loader, with the integrity check reduced to 'the files exist'."""
-
-        meta = {**base.meta, "md5": None}  # check_integrity(path, None) == "file exists"
-
-        def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            files = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
-            return all((folder / f).is_file() for f in files)
-
-    NoMD5.__name__ = base.__name__
-    return NoMD5
-
-
 def cifar(name: str, root: str, train: bool, verify_md5: bool = True) -> Dataset:
-    cls = _cifar_class(name, verify_md5)
+    from pretrain.tvdatasets import CIFAR10, CIFAR100
+    cls = CIFAR10 if name == "cifar10" else CIFAR100
     try:
-        return cls(root, train=train, download=False)
+        return cls(root, train=train, download=False, verify_md5=verify_md5)
     except RuntimeError as err:
         hint = "" if not verify_md5 else "; for a re-packed copy set data.verify_md5=false"
         raise DataError(f"{name} not found or corrupted under {root} ({str(err).strip()[:60]}): "

@@ -8,3 +8,14 @@ import transfer.detectron2.compat  # noqa: E402,F401  (before any detectron2 imp
 import torch  # noqa: E402
 
 torch.set_num_threads(2)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP spinning on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,7 +27,7 @@ from transfer.pipeline import Pipeline, Step  # noqa: E402
 PRESETS = {
     "demo": {
         "pretrain_config": "configs/pretrain/demo.yaml",
-        "pretrain_overrides": ["model.stem=imagenet", "data.image_size=64", "schedule.iters=120"],
+        "pretrain_overrides": ["model.stem=imagenet", "data.image_size=64", "schedule.iters=100"],
         "builtin_data": True,
         "widths": [0.25, 0.5, 0.75, 1.0],
         "calib_batches": 8,
@@ -36,7 +36,7 @@ PRESETS = {
         "det_widths": [0.5, 1.0],
         "det_tasks": ["voc", "coco"],
         "det_engines": ["detectron2", "mmdet"],
-        "det_iters": 60,
+        "det_iters": 40,
         "det_images": {"train": 24, "test": 12, "size": 128},
     },
     "ci": {  # the reduced pipeline the test suite runs: every step, every artefact, minutes
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     from transfer.report.summary import write_report
     report = write_report(out, preset_name=args.preset, steps=pipeline.records,
                           argv=[sys.executable, *sys.argv])
-    print(report.read_text())
+    from transfer.report.summary import collect, table
+    print(table(collect(out)))
     print(f"report: {report}  (plots and report.html beside it)")
     return 0
 

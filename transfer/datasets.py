@@ -20,6 +20,8 @@ import torchvision.datasets as tvd
 from PIL import Image
 from torch.utils.data import Dataset
 
+from pretrain.tvdatasets import CIFAR10, CIFAR100, Flowers102  # noqa: F401  (the MD5 switch)
+
 NAMES = ("cifar10", "cifar100", "flowers102", "pets", "dtd", "digits")
 
 # What must exist under ROOT (torchvision's layouts); quoted verbatim in the missing-dataset error.
@@ -48,39 +50,6 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "flowers102": 102, "pets": 37, "d
 
 class DatasetError(RuntimeError):
     """A dataset that cannot be read (the message is one line for the user)."""
-
-
-def _no_md5(entries):
-    return [[name, None] for name, _ in entries]
-
-
-class CIFAR10(tvd.CIFAR10):
-    """torchvision's CIFAR10; ``verify_md5=False`` checks that the files exist, not their MD5."""
-
-    def __init__(self, *args, verify_md5: bool = True, **kwargs):
-        if not verify_md5:  # check_integrity(path, None) == "file exists"
-            self.train_list, self.test_list = _no_md5(self.train_list), _no_md5(self.test_list)
-            self.meta = {**self.meta, "md5": None}
-        super().__init__(*args, **kwargs)
-
-
-class CIFAR100(tvd.CIFAR100):
-    """torchvision's CIFAR100; ``verify_md5=False`` checks that the files exist, not their MD5."""
-
-    def __init__(self, *args, verify_md5: bool = True, **kwargs):
-        if not verify_md5:
-            self.train_list, self.test_list = _no_md5(self.train_list), _no_md5(self.test_list)
-            self.meta = {**self.meta, "md5": None}
-        super().__init__(*args, **kwargs)
-
-
-class Flowers102(tvd.Flowers102):
-    """torchvision's Flowers102; ``verify_md5=False`` skips the MD5 of the two ``.mat`` files."""
-
-    def __init__(self, *args, verify_md5: bool = True, **kwargs):
-        if not verify_md5:
-            self._file_dict = {k: (name, None) for k, (name, _) in self._file_dict.items()}
-        super().__init__(*args, **kwargs)
 
 
 class Digits(Dataset):

@@ -34,8 +34,7 @@ def collect(out: Path) -> dict:
         meta = json.loads(meta_path.read_text())
         w = float(meta["width"])
         widths[w]["params"] = meta.get("params")
-        macs = meta.get("macs", {})
-        widths[w]["macs"] = macs.get("224") if isinstance(macs, dict) else macs
+        widths[w]["macs"] = meta.get("macs_224")
         widths[w]["channels"] = meta.get("channel_plan", {}).get("out")
     probe = _load_json(out / "probe" / "results.json")
     if probe:
@@ -99,13 +98,15 @@ def plot_vs(data: dict, x_key: str, xlabel: str, path: Path) -> Path | None:
 
 
 def plot_training_curves(out: Path, path: Path) -> Path | None:
-    """Loss and embedding std per sampled width over the pretraining run."""
+    """Loss and embedding std of the base network and of the sandwich's min width over the run."""
     src = out / "pretrain" / "widths.csv"
     if not src.is_file():
         return None
     curves: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     with open(src) as fh:
         for row in csv.DictReader(fh):
+            if row.get("role") == "random":  # one point per random width: no curve to draw
+                continue
             label = f"{row['role']} {float(row['width']):g}x" if row.get("role") else row["width"]
             curves[label].append((int(row["iteration"]), float(row["loss"]), float(row["std"])))
     if not curves:

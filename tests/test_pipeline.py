@@ -1,0 +1,84 @@
+"""The main job, reduced: tools/run_all.py --preset ci runs every step on built-in data and
+every artefact exists and holds real numbers; a re-run with unchanged inputs skips every step."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS = ["data-classification", "data-detection", "pretrain", "convert", "linear-probe",
+         "det-detectron2-voc-w0.25", "det-detectron2-coco-w0.25", "det-mmdet-voc-w0.25",
+         "det-mmdet-coco-w0.25", "collect-detection"]
+
+
+def _run(out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / "run_all.py"), "--preset", "ci",
+                           "--out", str(out)], capture_output=True, text=True, timeout=1200)
+
+
+def _finite_percent(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and 0.0 <= value <= 100.0
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    proc = _run(out)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc
+
+
+@pytest.mark.slow
+def test_every_step_runs_and_every_artefact_holds_real_numbers(ci_run):
+    out, proc = ci_run
+    for step in STEPS:
+        stamp = json.loads((out / ".steps" / f"{step}.json").read_text())
+        assert stamp["skipped"] is False and stamp["seconds"] >= 0
+    # One checkpoint, exports at each width with verified engines.
+    assert (out / "pretrain" / "checkpoint.pth").is_file()
+    for w in ("w0.25", "w1.00"):
+        files = {p.name for p in (out / "export" / w).iterdir()}
+        assert {"torchvision.pth", "detectron2.pkl", "mmdet.pth", "meta.json"} <= files
+        meta = json.loads((out / "export" / w / "meta.json").read_text())
+        assert meta["params"] > 0 and meta["macs_224"] > 0
+        assert all(err <= 1e-5 for err in meta["verification"]["max_rel_error"].values())
+    probe = json.loads((out / "probe" / "results.json").read_text())
+    assert sorted(r["width"] for r in probe["rows"]) == [0.25, 1.0]
+    for row in probe["rows"]:
+        assert set(row["datasets"]) == {"cifar10", "digits"}
+        assert all(_finite_percent(e["value"]) for e in row["datasets"].values())
+        assert row["datasets"]["digits"]["value"] > 30.0  # 10 classes: far above chance
+    for engine in ("detectron2", "mmdet"):
+        for task in ("voc", "coco"):
+            m = json.loads((out / "det" / f"{engine}_{task}_w0.25" / "metrics.json").read_text())
+            assert (m["engine"], m["task"], m["width"]) == (engine, task, 0.25)
+            keys = ["AP", "AP50", "AP75"] + (["APm", "APm50", "APm75"] if task == "coco" else [])
+            assert all(_finite_percent(m[k]) for k in keys), m
+    report = (out / "report.md").read_text()
+    assert "| 0.25x |" in report and "| 1x |" in report and "run_all.py" in report
+    for png in ("accuracy_vs_width.png", "accuracy_vs_macs.png", "training_curves.png"):
+        assert (out / png).stat().st_size > 1000
+    assert (out / "report.html").read_text().count("<img") == 3
+    assert "| 0.25x |" in proc.stdout
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_steps(ci_run):
+    out, _ = ci_run
+    proc = _run(out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("up to date, skipped") == len(STEPS)
+
+
+def test_real_data_preset_without_data_root_fails_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_all.py"), "--preset",
+                           "cifar100-r18", "--out", str(tmp_path / "x")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--data-root" in proc.stderr
+    assert not (tmp_path / "x").exists()
