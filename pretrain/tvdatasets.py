@@ -14,8 +14,8 @@ def _no_md5(entries):
     return [[name, None] for name, _ in entries]
 
 
-class CIFAR10(tvd.CIFAR10):
-    """torchvision's CIFAR10; ``verify_md5=False`` checks that the files exist, not their MD5."""
+class _CIFARFiles:
+    """``verify_md5=False``: check that CIFAR's files exist, not their MD5."""
 
     def __init__(self, *args, verify_md5: bool = True, **kwargs):
         if not verify_md5:  # check_integrity(path, None) == "file exists"
@@ -24,14 +24,12 @@ class CIFAR10(tvd.CIFAR10):
         super().__init__(*args, **kwargs)
 
 
-class CIFAR100(tvd.CIFAR100):
-    """torchvision's CIFAR100; ``verify_md5=False`` checks that the files exist, not their MD5."""
+class CIFAR10(_CIFARFiles, tvd.CIFAR10):
+    """torchvision's CIFAR10 with the MD5 switch."""
 
-    def __init__(self, *args, verify_md5: bool = True, **kwargs):
-        if not verify_md5:
-            self.train_list, self.test_list = _no_md5(self.train_list), _no_md5(self.test_list)
-            self.meta = {**self.meta, "md5": None}
-        super().__init__(*args, **kwargs)
+
+class CIFAR100(_CIFARFiles, tvd.CIFAR100):
+    """torchvision's CIFAR100 with the MD5 switch."""
 
 
 class Flowers102(tvd.Flowers102):
