@@ -18,6 +18,8 @@ import torchvision.datasets as tvd
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from pretrain.device import uses_cuda
+
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LAYOUTS = {
     "cifar10": "ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
@@ -243,6 +245,6 @@ def train_loader(dataset: TwoViews, data: dict, seed: int, epoch: int, start_bat
                                world)
     workers = int(data["num_workers"])
     return DataLoader(dataset, batch_size=sampler.local, sampler=sampler, drop_last=True,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      num_workers=workers, pin_memory=uses_cuda(),
                       persistent_workers=False,  # own generator: the global RNG is left alone
                       generator=torch.Generator().manual_seed(seed * 100_003 + epoch))

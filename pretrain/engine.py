@@ -1,12 +1,15 @@
 """The pretraining loop (Algorithm 1): one optimizer step per iteration over the sampled widths.
 
-Per iteration: zero_grad once; the base (largest) network on both views, base loss + group
-regularization (once), backward; then each sampled sub-network, its distillation loss, backward
-(gradients accumulate; targets are detached so the graphs are independent); one optimizer step,
-one scheduler step, the EMA update. Mixed precision only on CUDA; DDP when started by ``torchrun``
-(SlimBatchNorm in sync mode, SyncBatchNorm in the heads, gradient all-reduce only on the last
-backward of an iteration). Checkpoints (pretrain/checkpoint.py format) hold everything needed to
-continue the same run exactly: optimizer, scheduler, scaler, EMA, queue, iteration and every RNG.
+Per iteration: zero_grad once; the base (largest) network on both views, base loss, backward;
+then each sampled sub-network, its distillation loss, backward (gradients accumulate; targets are
+detached so the graphs are independent); the group regularization's gradient added once to
+``.grad`` (its closed form, not a second autograd path: see ``GroupRegularizer.add_grad_``); one
+optimizer step, one scheduler step, the EMA update. Mixed precision only on CUDA; DDP when started
+by ``torchrun`` (on CUDA: SlimBatchNorm in sync mode, SyncBatchNorm in the heads and the momentum
+projector; torch's SyncBatchNorm has no CPU kernels, so gloo-on-CPU runs keep per-process BN;
+gradient all-reduce only on the last backward of an iteration). Checkpoints (pretrain/checkpoint.py
+format) hold everything needed to continue the same run exactly: optimizer, scheduler, scaler,
+EMA, queue, iteration and every RNG.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from pretrain import checkpoint as ckpt_io
 from pretrain import data as data_mod
 from pretrain import slim
 from pretrain.config import ConfigError, save_resolved
+from pretrain.device import default_device
 from pretrain.losses import embedding_std
 from pretrain.methods import US3L
 from pretrain.models import build_backbone
@@ -76,6 +80,26 @@ def build_optimizer(params, o: dict, batch_size: int) -> torch.optim.Optimizer:
         return LARS(params, lr=lr, momentum=o["momentum"], weight_decay=o["weight_decay"],
                     eta=o["lars_eta"])
     return torch.optim.AdamW(params, lr=lr, betas=tuple(o["betas"]), weight_decay=o["weight_decay"])
+
+
+def convert_sync_batchnorm(method: US3L) -> int:
+    """Cross-process BN statistics everywhere: SlimBatchNorm in sync mode, SyncBatchNorm in the
+    heads and the momentum projector. Returns how many BN layers now synchronise."""
+    count = 0
+    for m in method.modules():
+        if isinstance(m, slim.SlimBatchNorm):
+            m.sync = True
+            count += 1
+    o = method.online
+    owners = [(o, n) for n in ("projector", "predictor", "distill_head")]
+    owners.append((method, "momentum_projector"))
+    for owner, name in owners:
+        module = getattr(owner, name)
+        if module is not None:
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            setattr(owner, name, module)
+            count += sum(isinstance(m, nn.SyncBatchNorm) for m in module.modules())
+    return count
 
 
 def warmup_cosine(total: int, warmup: int, min_ratio: float):
@@ -138,8 +162,10 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
-            device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+            device = default_device(local_rank)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # set_device needs an index
+            self.device = torch.device("cuda", local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
@@ -184,12 +210,10 @@ class Trainer:
             self.regularizer.to(self.device)
         self.sync_bn = self.world > 1 and self.device.type == "cuda" and cfg["dist"]["sync_bn"]
         if self.sync_bn:
-            for m in self.method.modules():
-                if isinstance(m, slim.SlimBatchNorm):
-                    m.sync = True
-            for name in ("projector", "predictor", "distill_head"):
-                if getattr(o, name) is not None:
-                    setattr(o, name, nn.SyncBatchNorm.convert_sync_batchnorm(getattr(o, name)))
+            convert_sync_batchnorm(self.method)
+        elif self.world > 1 and cfg["dist"]["sync_bn"] and self.rank == 0:
+            print(f"note: {self.world} processes on {self.device.type}: BatchNorm statistics stay "
+                  f"per process (torch's SyncBatchNorm runs on CUDA only)", flush=True)
 
         # optimisation
         self.optimizer = build_optimizer([p for p in o.parameters() if p.requires_grad],
@@ -291,8 +315,7 @@ class Trainer:
                 o1, o2 = net(x1, x2)
                 k1, k2 = method.momentum_targets(x1, x2)
                 base = method.base_loss(o1, o2, k1, k2)
-            reg = self.regularizer() if self.regularizer is not None else torch.zeros((), device=self.device)
-            self.scaler.scale(base + reg).backward()
+            self.scaler.scale(base).backward()
         records.append({"width": widths[0], "role": "base", "loss": base.item(),
                         "std": embedding_std(o1["z"])})
         t1, t2 = method.sub_targets(o1, o2, k1, k2)
@@ -307,6 +330,13 @@ class Trainer:
             records.append({"width": width, "role": "min" if (j == 0 and sandwich) else "random",
                             "loss": loss.item(), "std": embedding_std(s1["z"])})
         slim.set_width(inner, self.max_width)
+        # Group regularization once per iteration (line 5), added to .grad after the (DDP-reduced)
+        # backward passes: a second autograd path would mark g ready twice under DDP (issue 19).
+        reg = torch.zeros((), device=self.device)
+        if self.regularizer is not None:
+            with torch.no_grad():
+                reg = self.regularizer()
+            self.regularizer.add_grad_(self.scaler.get_scale() if self.amp else 1.0)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]

@@ -56,6 +56,25 @@ class GroupRegularizer(nn.Module):
     def coefficient(self, name: str) -> torch.Tensor:
         return getattr(self, f"coef_{self.names.index(name)}")
 
+    @torch.no_grad()
+    def add_grad_(self, scale: float = 1.0) -> None:
+        """Add d(penalty)/dp = 2 lambda_k w_k (times ``scale``, e.g. AMP's loss scale) to ``.grad``.
+
+        The engine applies the penalty this way, after the iteration's backward passes, instead of
+        back-propagating ``forward()``: under DDP a second autograd path into a parameter that the
+        synced forward left unused (the distillation head g in a one-width iteration) marks it
+        ready twice. Every rank holds the same weights, so the un-reduced gradient is the average.
+        """
+        for i, p in enumerate(self.params):
+            grad = getattr(self, f"coef_{i}") * (2 * p.float())  # autograd's pow/mul backward
+            if scale != 1.0:
+                grad = grad * scale
+            grad = grad.to(p.dtype)
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.add_(grad)
+
     def forward(self) -> torch.Tensor:
         if not self.params:
             return torch.zeros(())

@@ -259,3 +259,45 @@ def test_other_backbones_torchvision_only(arch, extra, tmp_path, capsys):
     assert convert.main([str(ckpt), "--out", str(tmp_path / "det"), "--formats", "mmdet",
                          "--quiet"]) == 2
     assert not (tmp_path / "det").exists()
+
+
+def test_failure_at_the_second_width(ckpts, tmp_path, monkeypatch, capsys):
+    """The only check of a run that fails after a width finished: exit 1, one line naming the
+    failed width and what was kept; the finished width stays complete and verified, the reports
+    list exactly it, and the failed width leaves no folder (not even a hidden temporary one).
+    Two faults: the second width's export corrupted on disk before it is loaded back (a genuine
+    verification failure) and a full disk while writing it."""
+    import json
+
+    from transfer.export import torchvision_export
+    real_write = torchvision_export.write
+
+    def corrupting_write(path, state):          # the second export is written wrong
+        written = real_write(path, state)
+        if "w0.50" in Path(path).parent.name:
+            bad = torch.load(written, weights_only=True)
+            bad["layer2.0.bn1.running_mean"] += 0.5
+            torch.save(bad, written)
+        return written
+
+    def full_disk_write(path, state):
+        if "w0.50" in Path(path).parent.name:
+            raise OSError(28, "No space left on device", str(path))
+        return real_write(path, state)
+
+    for name, fault, message in (("verify", corrupting_write, "verification failed at w0.50"),
+                                 ("disk", full_disk_write, "could not write at w0.50")):
+        monkeypatch.setattr(torchvision_export, "write", fault)
+        out = tmp_path / name
+        rc = convert.main([str(ckpts["r18"]), "--out", str(out), "--widths", "0.25", "0.5",
+                           "--formats", "torchvision", *FAST])
+        err = capsys.readouterr().err
+        assert rc == 1, (name, err)
+        assert err.count("\n") == 1 and err.startswith(f"convert_width.py: {message}:"), err
+        assert "kept 1 finished width(s) (w0.25)" in err
+        assert sorted(p.name for p in out.iterdir()) == ["table6.md", "verification.md", "w0.25"]
+        meta = json.loads((out / "w0.25" / "meta.json").read_text())
+        assert meta["verification"]["max_rel_error"]["torchvision"] <= 1e-5
+        torch.load(out / "w0.25" / "torchvision.pth", weights_only=True)
+        report = (out / "verification.md").read_text()
+        assert "\n| 0.25 |" in report and "\n| 0.5 |" not in report

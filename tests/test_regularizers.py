@@ -54,3 +54,22 @@ def test_vit_embeddings_grouped_on_the_channel_dim():
     reg = build_regularizer({"type": "group", "groups": 8, "alpha": 0.05, "lam": LAM}, vit, [])
     assert reg.coefficient("backbone.pos_embed").shape == (1, 1, 192)
     assert reg.coefficient("backbone.blocks.0.attn.q.weight").shape == (192, 1)
+
+
+def test_add_grad_equals_autograd_of_the_penalty():
+    """The engine's closed-form gradient (added to .grad, DDP-safe) is autograd's gradient of
+    forward() bit for bit, is added to an existing gradient, and scales with AMP's loss scale."""
+    model = build_backbone({"arch": "resnet18", "stem": "cifar"})
+    head = nn.Sequential(nn.Linear(512, 8), nn.BatchNorm1d(8))
+    reg = build_regularizer({"type": "group", "lam": LAM, "groups": 8, "alpha": 0.05}, model, [head])
+    params = reg.params
+    expected = torch.autograd.grad(reg(), params)
+    for p in params:
+        p.grad = None
+    reg.add_grad_()
+    for name, p, g in zip(reg.names, params, expected):
+        assert torch.equal(p.grad, g), name
+    base = [p.grad.clone() for p in params]
+    reg.add_grad_(scale=4.0)
+    for p, b, g in zip(params, base, expected):
+        torch.testing.assert_close(p.grad, b + 4.0 * g, rtol=0, atol=1e-12)

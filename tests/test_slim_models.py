@@ -51,15 +51,50 @@ def test_vit_heads_keep_equal_size():
     assert twin.blocks[0].mlp.fc1.weight.shape[0] == slim.channels_at(dim * 4, 0.3)
 
 
-def test_vit_prefix_slice_keeps_first_dims_of_every_head():
-    """Head-dim-major storage: the sliced q at width r is head h's first d dims for every h."""
+def _reference_attention(attn, x: torch.Tensor, heads: int, d: int):
+    """Attention at d dims per head computed from the FULL weights by explicit index lists: head
+    h's query/key/value are rows ``k * heads + h`` (k < d) of the full projections (head-dim-major
+    storage), the block's input and output are the first ``heads * d`` features."""
+    width = heads * d
+    q, k, v, per_head = [], [], [], []
+    for h in range(heads):
+        rows = torch.tensor([j * heads + h for j in range(d)])
+        lin = lambda m: x @ m.weight[rows][:, :width].T + m.bias[rows]  # noqa: E731
+        q.append(lin(attn.q))
+        k.append(lin(attn.k))
+        v.append(lin(attn.v))
+        weights = torch.softmax(q[-1] @ k[-1].transpose(-1, -2) / d ** 0.5, dim=-1)
+        per_head.append(weights @ v[-1])                              # (B, N, d)
+    merged = torch.stack(per_head, dim=-1).flatten(2)                 # feature j * heads + h
+    out = merged @ attn.proj.weight[:width, :width].T + attn.proj.bias[:width]
+    return torch.stack(q, 1), out
+
+
+@pytest.mark.parametrize("width", [0.3, 0.5])
+def test_vit_attention_at_width_uses_first_dims_of_every_head(width):
+    """The model's own slicing (SlimLinear with out_groups, the head split, the merge before
+    proj) against a reference built from the full weights by index lists. The only check of the
+    head-dim-major layout: the static twin shares the layout code, so test_slimmable_equals_
+    static_twin cannot see a wrong layout (e.g. head-major storage, whose prefix slice would drop
+    whole heads)."""
+    torch.manual_seed(0)
     model = build_backbone({"arch": "vit_tiny", "depth": 1})
     heads, full_hd = 3, 64
-    d = slim.channels_at(full_hd, 0.5)
-    q = model.blocks[0].attn.q.weight.detach()
-    per_head = q.view(full_hd, heads, -1)                      # index = d * heads + h
-    sliced = q[: d * heads].view(d, heads, -1)
-    assert torch.equal(sliced, per_head[:d])
+    d = slim.channels_at(full_hd, width)
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        for m in (attn.q, attn.k, attn.v, attn.proj):
+            m.bias.uniform_(-0.5, 0.5)                   # zero-initialised: make them count
+    slim.set_width(model, width)
+    x = torch.randn(2, 5, heads * d)
+    with torch.no_grad():
+        q = attn._split(attn.q(x))                       # (B, H, N, d): the model's slicing
+        out = attn(x)
+        ref_q, ref_out = _reference_attention(attn, x, heads, d)
+    assert q.shape == ref_q.shape == (2, heads, 5, d)
+    torch.testing.assert_close(q, ref_q, rtol=1e-5, atol=1e-6)
+    assert out.shape == (2, 5, heads * d)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
 
 
 def test_mobilenetv2_matches_torchvision_names_and_outputs():

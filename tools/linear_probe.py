@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     from transfer.linear.runner import ProbeSettings, run
     try:
         check_args(args)
-        import torch
+        from pretrain.device import uses_cuda
         workers = args.workers if args.workers is not None else (
-            min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0)
+            min(8, os.cpu_count() or 1) if uses_cuda() else 0)
         src = (CheckpointSource(args.ckpt, args.calib_data, args.calib_batches,
                                 args.calib_batch_size, args.calib_size, args.verify_md5, workers)
                if args.ckpt else ExportSource(args.export))

@@ -54,6 +54,7 @@ PRESETS = {
         "det_engines": ["detectron2", "mmdet"],
         "det_iters": 2,
         "det_images": {"train": 4, "test": 3, "size": 96},
+        "det_score_thresh": 0.0,  # every detection kept: the scores never depend on learning
     },
     "cifar100-r18": {
         "pretrain_config": "configs/pretrain/us3l_r18_cifar100.yaml",
@@ -86,10 +87,13 @@ def width_dir(width: float) -> str:
     return f"w{width:.2f}"
 
 
-def short_schedule(engine: str, iters: int, size: int) -> list[str]:
-    """Engine options for a brief CPU fine-tune on the built-in sets (batch 2, small images)."""
+def short_schedule(engine: str, iters: int, size: int, score_thresh: float | None = None
+                   ) -> list[str]:
+    """Engine options for a brief CPU fine-tune on the built-in sets (total batch 2, so the lr is
+    the protocol's scaled linearly: 0.0025; small images). ``score_thresh`` 0 keeps every
+    detection, so that a short run's evaluation never depends on what it learned."""
     if engine == "detectron2":
-        return ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.02", "SOLVER.MAX_ITER", str(iters),
+        opts = ["--total-batch", "2", "SOLVER.MAX_ITER", str(iters),
                 "SOLVER.STEPS", f"({max(1, int(iters * 0.8))},)",
                 "SOLVER.WARMUP_ITERS", str(max(1, iters // 5)), "SOLVER.CHECKPOINT_PERIOD", "100000",
                 "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MAX_SIZE_TRAIN", str(size),
@@ -97,12 +101,17 @@ def short_schedule(engine: str, iters: int, size: int) -> list[str]:
                 "DATALOADER.NUM_WORKERS", "0", "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "64",
                 "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "128",
                 "MODEL.RPN.POST_NMS_TOPK_TEST", "128", "TEST.PRECISE_BN.ENABLED", "False", "SEED", "0"]
-    return ["--max-iters", str(iters), "--img-scale", str(size), str(size), "--cfg-options",
-            "train_dataloader.batch_size=2", "train_dataloader.num_workers=0",
-            "val_dataloader.num_workers=0", "test_dataloader.num_workers=0",
+        if score_thresh is not None:
+            opts += ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(score_thresh)]
+        return opts
+    opts = ["--total-batch", "2", "--max-iters", str(iters), "--img-scale", str(size), str(size),
+            "--cfg-options", "train_dataloader.num_workers=0", "test_dataloader.num_workers=0",
             "model.train_cfg.rpn.sampler.num=64", "model.train_cfg.rcnn.sampler.num=32",
             "model.train_cfg.rpn_proposal.max_per_img=128", "model.test_cfg.rpn.max_per_img=128",
             "randomness.seed=0"]
+    if score_thresh is not None:
+        opts.append(f"model.test_cfg.rcnn.score_thr={score_thresh}")
+    return opts
 
 
 def build_steps(args, preset: dict, out: Path) -> list[Step]:
@@ -166,10 +175,13 @@ def build_steps(args, preset: dict, out: Path) -> list[Step]:
                 cmd = ["bash", str(ROOT / "tools" / "train_det.sh"), engine, task,
                        str(export / width_dir(w)), "--out", str(run_dir), "--gpus", str(args.gpus)]
                 if preset["det_iters"]:
-                    cmd += short_schedule(engine, preset["det_iters"], preset["det_images"]["size"])
+                    cmd += short_schedule(engine, preset["det_iters"], preset["det_images"]["size"],
+                                          preset.get("det_score_thresh"))
+                # a re-run (new export) starts a new run: the old run folder is another run's
                 steps.append(Step(f"det-{engine}-{task}-{width_dir(w)}", cmd,
                                   outputs=[run_dir / "metrics.json"],
-                                  inputs=[export / width_dir(w) / "meta.json"], env=det_env))
+                                  inputs=[export / width_dir(w) / "meta.json"], env=det_env,
+                                  clean=[run_dir]))
     if any(s.name.startswith("det-") for s in steps):
         steps.append(Step("collect-detection",
                           [py, str(ROOT / "tools" / "collect_results.py"), str(out / "det"),

@@ -37,7 +37,9 @@ step() { printf '\n[setup %4ds] %s\n' "$((SECONDS - T0))" "$*"; }
 quiet_pip() { "$VENV/bin/pip" "$@" 2>&1 | grep -v -E "is ignored: it is neither a file nor a directory" || return "${PIPESTATUS[0]}"; }
 
 # What the base depends on: if none of it changed, the base is complete and is reused.
-BASE_KEY="$(cat "$CONSTRAINTS" "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-12)-${PYTAG}-$(echo "${DETECTRON2_SRC:-pypi}" | sha256sum | cut -c1-6)"
+# A machine with an NVIDIA GPU gets a base of its own (mmcv with CUDA ops, see step 3).
+GPU_TAG="$( (command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1) && echo gpu || echo cpu)"
+BASE_KEY="$(cat "$CONSTRAINTS" "$ROOT/tools/setup_env.sh" | sha256sum | cut -c1-12)-${PYTAG}-$(echo "${DETECTRON2_SRC:-pypi}" | sha256sum | cut -c1-6)-${GPU_TAG}"
 BASE="$CACHE/venvs/base-$BASE_KEY"
 STAMP_KEY="$BASE_KEY-$(cat "$ROOT/setup.cfg" | sha256sum | cut -c1-8)"
 if [[ -f "$VENV/.us3l-stamp" && "$(cat "$VENV/.us3l-stamp")" == "$STAMP_KEY" ]] \
@@ -58,20 +60,46 @@ quiet_pip install -q -c "$CONSTRAINTS" "setuptools" wheel ninja
 step "2/6 torch==$TORCH_V torchvision==$TV_V"
 quiet_pip install -q -c "$CONSTRAINTS" "torch==$TORCH_V" "torchvision==$TV_V"
 
-step "3/6 mmcv==$MMCV_V with compiled ops (cached in $WHEELS)"
-MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_V"-*.whl 2>/dev/null | head -1 || true)"
+# mmcv's ops are compiled for the CPU, and also for CUDA where this machine has a GPU and a CUDA
+# compiler (CUDA_HOME or nvcc on PATH, matching torch's CUDA): MMDetection's RoIAlign and NMS on a
+# GPU need them. The cached wheel's folder says which (a CPU wheel reused on a GPU machine would
+# leave MMDetection unable to run there): $WHEELS for the CPU, $WHEELS-cu<ver>-sm<archs> for CUDA.
+read -r MMCV_CUDA MMCV_ARCHS < <("$VENV/bin/python" - <<'PYEOF'
+import torch
+from torch.utils.cpp_extension import CUDA_HOME
+if torch.version.cuda and torch.cuda.is_available() and CUDA_HOME:
+    archs = sorted({"%d.%d" % torch.cuda.get_device_capability(i)
+                    for i in range(torch.cuda.device_count())})
+    print("cu" + torch.version.cuda.replace(".", ""), ";".join(archs))
+elif torch.cuda.is_available():
+    print("nocompiler", "-")
+else:
+    print("cpu", "-")
+PYEOF
+)
+MMCV_DIR="$WHEELS"; MMCV_ENV=(FORCE_CUDA=0 CUDA_VISIBLE_DEVICES=)
+if [[ "$MMCV_CUDA" == cu* ]]; then
+  MMCV_DIR="$WHEELS-$MMCV_CUDA-sm$(echo "$MMCV_ARCHS" | tr -d '.' | tr ';' '_')"
+  MMCV_ENV=(FORCE_CUDA=1 "TORCH_CUDA_ARCH_LIST=$MMCV_ARCHS"); mkdir -p "$MMCV_DIR"
+elif [[ "$MMCV_CUDA" == nocompiler ]]; then
+  echo "  warning: this machine has a GPU but no CUDA compiler (set CUDA_HOME or put CUDA" \
+       "$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda)')'s nvcc on PATH): mmcv is" \
+       "built without CUDA ops, so MMDetection runs on the CPU only (train_det.sh says so)"
+fi
+step "3/6 mmcv==$MMCV_V with compiled ops, ${MMCV_CUDA/nocompiler/cpu}${MMCV_ARCHS/-/} (cached in $MMCV_DIR)"
+MMCV_WHEEL="$(ls "$MMCV_DIR"/mmcv-"$MMCV_V"-*.whl 2>/dev/null | head -1 || true)"
 if [[ -z "$MMCV_WHEEL" ]]; then
   BUILD="$(mktemp -d)"
   quiet_pip download -q --no-deps --no-binary :all: --no-build-isolation -d "$CACHE/sdist" "mmcv==$MMCV_V"
   tar xzf "$CACHE/sdist/mmcv-$MMCV_V.tar.gz" -C "$BUILD"
   # torch >= 2.10 headers need C++20; mmcv hard-codes C++17.
   sed -i "s/-std=c++17/-std=c++20/g" "$BUILD/mmcv-$MMCV_V/setup.py"
-  echo "  compiling mmcv ops with $JOBS jobs (about 10 min on 2 cores, once)..."
-  ( cd "$BUILD/mmcv-$MMCV_V" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS="$JOBS" \
+  echo "  compiling mmcv ops with $JOBS jobs (CPU: about 7-10 min on 2 cores, once)..."
+  ( cd "$BUILD/mmcv-$MMCV_V" && env "${MMCV_ENV[@]}" MMCV_WITH_OPS=1 MAX_JOBS="$JOBS" \
       CFLAGS='-O3 -g0 -DNDEBUG -fwrapv' CXXFLAGS='-O3 -g0 -DNDEBUG' \
       "$VENV/bin/pip" wheel -q --no-build-isolation --no-deps -w "$BUILD/out" . )
-  mv "$BUILD"/out/mmcv-*.whl "$WHEELS/" && rm -rf "$BUILD"
-  MMCV_WHEEL="$(ls "$WHEELS"/mmcv-"$MMCV_V"-*.whl | head -1)"
+  mv "$BUILD"/out/mmcv-*.whl "$MMCV_DIR/" && rm -rf "$BUILD"
+  MMCV_WHEEL="$(ls "$MMCV_DIR"/mmcv-"$MMCV_V"-*.whl | head -1)"
 fi
 quiet_pip install -q -c "$CONSTRAINTS" --no-deps "$MMCV_WHEEL"
 quiet_pip install -q -c "$CONSTRAINTS" addict packaging Pillow pyyaml yapf opencv-python-headless

@@ -2,11 +2,16 @@
 """Fine-tune and evaluate one export in detectron2 (DefaultTrainer + detectron2's ``launch``).
 
 Usually run by ``tools/train_det.sh detectron2 TASK EXPORT``. Writes the engine's own logs,
-config.yaml, events and checkpoints to OUT/detectron2/ and the project's metrics.json to OUT/.
+config.yaml, events and checkpoints to OUT/detectron2/, the run's identity to OUT/run.json and
+the project's metrics.json to OUT/ (rank 0, once).
 
-    python tools/train_detectron2.py --task voc --export EXPORT --out OUT [--config FILE]
+    python tools/train_detectron2.py --task voc --export EXPORT [--out OUT] [--config FILE]
         [--num-gpus N --num-machines M --machine-rank R --dist-url tcp://HOST:PORT]
-        [--eval-only] [--resume] [KEY VALUE ...]
+        [--total-batch B] [--ims-per-gpu M] [--eval-only] [--resume] [KEY VALUE ...]
+
+Processes: ``--num-gpus N`` spawns N GPU workers with detectron2's ``launch``; started by torchrun
+(``tools/train_det.sh --cpu-procs N``) every process is one worker of a gloo group on the CPU
+(detectron2's ``launch`` insists on CUDA), set up by ``torchrun_worker``.
 """
 from __future__ import annotations
 
@@ -18,32 +23,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from transfer.detection.preflight import PreflightError, arch_of, check, default_config  # noqa: E402
+from transfer.detection.preflight import (PreflightError, add_run_arguments, arch_of,  # noqa: E402
+                                          check, claim_run_dir, default_config, run_dir)
 
 ENGINE = "detectron2"
 
 
-def trainer_class():
-    """DefaultTrainer with the engines' own evaluators for VOC07 and COCO (built after the
-    preflight check, so that bad input is reported before detectron2 is imported)."""
-    import transfer.detectron2.compat as compat
-    from detectron2.data import MetadataCatalog
-    from detectron2.engine import DefaultTrainer
-    from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
-
-    class Trainer(DefaultTrainer):
-        @classmethod
-        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-            kind = MetadataCatalog.get(dataset_name).evaluator_type
-            if kind == "pascal_voc":
-                return PascalVOCDetectionEvaluator(dataset_name)
-            if kind == "coco":
-                folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-                return COCOEvaluator(dataset_name, output_dir=folder,
-                                     use_fast_impl=compat.HAS_COMPILED_OPS)
-            raise NotImplementedError(f"no evaluator for {dataset_name} ({kind})")
-
-    return Trainer
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("WORLD_SIZE" in os.environ
+                                                   and "LOCAL_RANK" in os.environ)
 
 
 def _setup_logging(cfg, args) -> logging.Logger:
@@ -71,19 +59,24 @@ def main(args) -> int:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.utils import comm
 
-    from transfer.detection import metrics
-    from transfer.detectron2.config import build_cfg, check_backbone_loaded
+    from transfer.detection import metrics, protocol
+    from transfer.detectron2.config import build_cfg, check_backbone_loaded, describe
     from transfer.detectron2.data import register_datasets
+    from transfer.detectron2.trainer import Trainer
 
-    Trainer = trainer_class()
     out = Path(args.out)
     world = comm.get_world_size()
     register_datasets(args.task, check=False)  # checked once before launch
-    cfg, meta, degraded = build_cfg(args.config, args.export, args.opts, world_size=world,
-                                    output_dir=out / ENGINE)
+    cfg, meta, degraded, lr_note = build_cfg(
+        args.config, args.export, args.opts, world_size=world, output_dir=out / ENGINE,
+        device=args.device, total_batch=args.total_batch, ims_per_gpu=args.ims_per_gpu)
     logger = _setup_logging(cfg, args)
     if degraded:
-        logger.info(f"one process: SyncBN -> BN in {', '.join(degraded)}")
+        target = "BN" if world == 1 else "naiveSyncBN"
+        logger.info(f"{world} process(es) on {cfg.MODEL.DEVICE}: SyncBN -> {target} in "
+                    f"{', '.join(degraded)}")
+    resolved = describe(cfg, world)
+    logger.info(protocol.summary(resolved) + f"; {lr_note}")
     if args.eval_only:
         model = Trainer.build_model(cfg)
         DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
@@ -98,20 +91,61 @@ def main(args) -> int:
         if trainer.start_iter == 0:
             logger.info(f"backbone: {check_backbone_loaded(trainer.model, cfg.MODEL.WEIGHTS)} "
                         f"tensors equal to {cfg.MODEL.WEIGHTS}")
+        else:
+            logger.info(f"resumed at iteration {trainer.start_iter} from {cfg.OUTPUT_DIR}")
         trainer.train()
-        results = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
-        iterations = cfg.SOLVER.MAX_ITER
-    if comm.is_main_process():
-        values, notes = metrics.from_detectron2(results, args.task)
+        # The EvalHook evaluates once after the last iteration on every rank (rank 0 holds the
+        # results, the others {}): no second evaluation here.
+        results, iterations = getattr(trainer, "_last_eval_results", None), cfg.SOLVER.MAX_ITER
+    if not comm.is_main_process():
+        return 0
+    log = Path(cfg.OUTPUT_DIR) / "log.txt"
+    try:
+        values, notes = metrics.from_detectron2(results or {}, args.task)
         record = metrics.make_record(ENGINE, args.task, meta, values, notes, run={
             "config": str(args.config), "export": str(Path(args.export).resolve()),
             "logs": str(Path(cfg.OUTPUT_DIR).resolve()), "iterations": iterations,
             "eval_only": bool(args.eval_only), "world_size": world,
-            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "device": cfg.MODEL.DEVICE})
-        path = metrics.write(out, record)
-        logger.info(f"metrics: {path}: " + ", ".join(
-            f"{k}={record[k]}" for k in metrics.metric_keys(args.task)))
+            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH, "device": cfg.MODEL.DEVICE,
+            "protocol": resolved | {"lr_note": lr_note},
+            "detections": ((results or {}).get("detections") or next(
+                (v.get("detections") for v in (results or {}).values()
+                 if isinstance(v, dict) and "detections" in v), None))})
+    except metrics.MetricsError as err:
+        print(f"error: {out}: {err}; see {log}", file=sys.stderr)
+        return 2
+    path = metrics.write(out, record)
+    logger.info(f"metrics: {path}: " + ", ".join(
+        f"{k}={record[k]}" for k in metrics.metric_keys(args.task)))
     return 0
+
+
+def torchrun_worker(fn, args) -> int:
+    """detectron2's ``launch`` for a process that torchrun started: join the process group (gloo
+    on the CPU, nccl on GPUs), give detectron2's ``comm`` its per-machine group, run ``fn``."""
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank, local_world = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    backend = "nccl" if args.device == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world)
+    for machine in range(world // local_world):
+        group = dist.new_group(list(range(machine * local_world, (machine + 1) * local_world)))
+        if machine == rank // local_world:
+            comm._LOCAL_PROCESS_GROUP = group
+    comm.synchronize()
+    try:
+        code = fn(args)
+    except BaseException:
+        dist.destroy_process_group()  # no barrier: the other ranks may be inside a collective
+        raise
+    comm.synchronize()  # every rank waits for rank 0's metrics.json, then leaves the group
+    dist.destroy_process_group()
+    return code
 
 
 def parse_args(argv=None):
@@ -119,14 +153,11 @@ def parse_args(argv=None):
     import argparse
     port = 2 ** 15 + 2 ** 14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2 ** 14
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=("voc", "coco"))
-    parser.add_argument("--export", required=True, help="folder written by tools/convert_width.py")
-    parser.add_argument("--out", required=True, help="run folder: metrics.json + detectron2/ logs")
+    add_run_arguments(parser, lr_key="SOLVER.BASE_LR")
+    parser.add_argument("--out", default="", help="run folder: metrics.json, run.json + "
+                        "detectron2/ logs (default runs/det/detectron2_TASK_<sha8>_wW)")
     parser.add_argument("--config", "--config-file", dest="config", default="",
                         help="default: configs/detectron2/*_us3l.yaml for the export's arch")
-    parser.add_argument("--resume", action="store_true", help="resume from OUT/detectron2")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate without training (heads untrained: the baseline)")
     parser.add_argument("--num-gpus", type=int, default=1, help="number of gpus *per machine*")
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
@@ -139,8 +170,14 @@ def parse_args(argv=None):
 
 def cli(argv=None) -> int:
     args = parse_args(argv)
+    torchrun = under_torchrun()
+    from pretrain.device import default_device
+    args.device = args.device or default_device().type
+    processes = int(os.environ["WORLD_SIZE"]) if torchrun else args.num_gpus * args.num_machines
     try:
-        meta = check(ENGINE, args.task, args.export, gpus=args.num_gpus)
+        meta = check(ENGINE, args.task, args.export, gpus=1 if torchrun else args.num_gpus)
+        args.out = str(run_dir(ENGINE, args.task, meta, args.export, args.out))
+        args.config = args.config or str(default_config(ENGINE, args.task, arch_of(meta)))
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -148,13 +185,19 @@ def cli(argv=None) -> int:
     from detectron2.engine import launch
 
     from transfer.detectron2.config import ConfigError, build_cfg
-    try:
-        args.config = args.config or str(
-            default_config(ENGINE, args.task, arch_of(meta)))
-        build_cfg(args.config, args.export, args.opts)  # fail here, once, not in N workers
+    try:  # fail here, once, not in N workers
+        build_cfg(args.config, args.export, args.opts, world_size=processes, device=args.device,
+                  total_batch=args.total_batch, ims_per_gpu=args.ims_per_gpu)
+        # torchrun's workers: train_det.sh recorded run.json before starting them
+        claim_run_dir(ENGINE, args.task, meta, args.export, Path(args.out), args.resume,
+                      record=not torchrun)
     except (PreflightError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if torchrun:
+        return torchrun_worker(main, args)
+    if processes == 1:
+        return main(args)  # what detectron2's launch does for one process, with the exit code
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     return 0

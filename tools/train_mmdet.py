@@ -2,12 +2,13 @@
 """Fine-tune and evaluate one export in MMDetection (mmengine ``Runner`` from a config).
 
 Usually run by ``tools/train_det.sh mmdet TASK EXPORT``; distributed through torchrun
-(``--launcher pytorch``), which train_det.sh starts for --gpus > 1 or --nnodes > 1. Writes
-mmengine's logs, config and checkpoints to OUT/mmdet/ and the project's metrics.json to OUT/.
+(``--launcher pytorch``), which train_det.sh starts for --gpus > 1, --nnodes > 1 or
+--cpu-procs N (gloo on the CPU). Writes mmengine's logs, config and checkpoints to OUT/mmdet/, the
+run's identity to OUT/run.json and the project's metrics.json to OUT/ (rank 0, once).
 
-    python tools/train_mmdet.py --task voc --export EXPORT --out OUT [--config FILE]
-        [--launcher none|pytorch] [--eval-only] [--resume] [--max-iters N] [--img-scale W H]
-        [--cfg-options key=value ...]
+    python tools/train_mmdet.py --task voc --export EXPORT [--out OUT] [--config FILE]
+        [--launcher none|pytorch] [--total-batch B] [--ims-per-gpu M] [--eval-only] [--resume]
+        [--max-iters N] [--img-scale W H] [--cfg-options key=value ...]
 """
 from __future__ import annotations
 
@@ -21,23 +22,21 @@ sys.path.insert(0, str(REPO))
 
 from transfer.detection import metrics  # noqa: E402
 from transfer.detection.datasets import data_root  # noqa: E402
-from transfer.detection.preflight import PreflightError, arch_of, check, default_config  # noqa: E402
+from transfer.detection.preflight import (PreflightError, add_run_arguments, arch_of,  # noqa: E402
+                                          check, check_engine_device, claim_run_dir,
+                                          default_config, run_dir)
 
 ENGINE = "mmdet"
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=("voc", "coco"))
-    parser.add_argument("--export", required=True, help="folder written by tools/convert_width.py")
-    parser.add_argument("--out", required=True, help="run folder: metrics.json + mmdet/ logs")
+    add_run_arguments(parser, lr_key="optim_wrapper.optimizer.lr")
+    parser.add_argument("--out", default="", help="run folder: metrics.json, run.json + mmdet/ "
+                        "logs (default runs/det/mmdet_TASK_<sha8>_wW)")
     parser.add_argument("--config", default="", help="default: configs/mmdet/*_us3l.py for the "
                                                      "export's arch and the task")
     parser.add_argument("--launcher", choices=("none", "pytorch", "slurm", "mpi"), default="none")
-    parser.add_argument("--eval-only", action="store_true",
-                        help="evaluate without training (heads untrained: the baseline)")
-    parser.add_argument("--resume", action="store_true", help="resume from OUT/mmdet's last "
-                                                                "checkpoint")
     parser.add_argument("--max-iters", type=int, default=None,
                         help="replace the schedule by N iterations (warm-up, step at 3/4)")
     parser.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("W", "H"),
@@ -65,23 +64,39 @@ def cfg_options(items: list[str] | None) -> dict | None:
     return options
 
 
+def _init_cpu_group(args) -> None:
+    """mmengine's init_dist calls torch.cuda.set_device; on the CPU the gloo group is joined
+    here first (mmengine then sees it initialised and only uses it)."""
+    import torch.distributed as dist
+    if args.launcher == "pytorch" and args.device == "cpu" and not dist.is_initialized():
+        dist.init_process_group("gloo", init_method="env://")
+
+
 def run(args) -> int:
     from mmengine.dist import get_world_size, is_main_process
     from mmengine.runner import Runner
 
-    from transfer.mmdet.config import BackboneLoadedCheck, build_config, check_backbone_loaded
+    from transfer.detection import protocol
+    from transfer.mmdet.config import (BackboneLoadedCheck, build_config, check_backbone_loaded,
+                                       describe)
 
     out = Path(args.out)
     options = cfg_options(args.cfg_options)
-    cfg, meta, degraded = build_config(
-        args.config, args.export, args.task, data_root(), out / ENGINE,
-        distributed=args.launcher != "none", max_iters=args.max_iters,
-        cfg_options=options, img_scale=args.img_scale)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if args.launcher != "none" else 1
+    cfg, meta, degraded, lr_note = build_config(
+        args.config, args.export, args.task, data_root(), out / ENGINE, world_size=world,
+        device=args.device, max_iters=args.max_iters, cfg_options=options,
+        img_scale=args.img_scale, total_batch=args.total_batch, ims_per_gpu=args.ims_per_gpu)
     cfg.launcher = args.launcher
     cfg.resume = bool(args.resume)
+    _init_cpu_group(args)
     runner = Runner.from_cfg(cfg)
     if degraded:
-        runner.logger.info(f"one process: SyncBN -> BN in {', '.join(degraded)}")
+        target = protocol.norm_for(world, args.device)
+        runner.logger.info(f"{world} process(es) on {args.device}: SyncBN -> {target} in "
+                           f"{', '.join(degraded)}")
+    resolved = describe(cfg, world)
+    runner.logger.info(protocol.summary(resolved) + f"; {lr_note}")
     weights = Path(args.export) / "mmdet.pth"
     if args.eval_only:
         model = getattr(runner.model, "module", runner.model)
@@ -95,35 +110,60 @@ def run(args) -> int:
         runner.train()
         iterations = runner.iter
     results = runner.test()
-    if is_main_process():
+    if not is_main_process():
+        return 0
+    log = next(Path(runner.log_dir).glob("*.log"), Path(runner.log_dir))
+    try:
         values, notes = metrics.from_mmdet(results, args.task)
-        loader = cfg.train_dataloader
         record = metrics.make_record(ENGINE, args.task, meta, values, notes, run={
             "config": str(args.config), "export": str(Path(args.export).resolve()),
             "logs": str(Path(runner.log_dir).resolve()), "iterations": int(iterations),
             "eval_only": bool(args.eval_only), "world_size": get_world_size(),
-            "ims_per_batch": int(loader.batch_size) * get_world_size(),
-            "device": str(next(runner.model.parameters()).device.type)})
-        path = metrics.write(out, record)
-        runner.logger.info(f"metrics: {path}: " + ", ".join(
-            f"{k}={record[k]}" for k in metrics.metric_keys(args.task)))
+            "ims_per_batch": resolved["total_batch"], "device": args.device,
+            "protocol": resolved | {"lr_note": lr_note},
+            "detections": {"count": results.get("detections/count"),
+                           "images": results.get("detections/images")}})
+    except metrics.MetricsError as err:
+        print(f"error: {out}: {err}; see {log}", file=sys.stderr)
+        return 2
+    path = metrics.write(out, record)
+    runner.logger.info(f"metrics: {path}: " + ", ".join(
+        f"{k}={record[k]}" for k in metrics.metric_keys(args.task)))
     return 0
 
 
 def cli(argv=None) -> int:
     args = parse_args(argv)
+    from pretrain.device import default_device
+    args.device = args.device or default_device().type
     try:
         meta = check(ENGINE, args.task, args.export)
+        check_engine_device(ENGINE, args.device)
+        args.out = str(run_dir(ENGINE, args.task, meta, args.export, args.out))
         args.config = args.config or str(default_config(ENGINE, args.task, arch_of(meta)))
+        # torchrun's workers: train_det.sh recorded run.json before starting them
+        claim_run_dir(ENGINE, args.task, meta, args.export, Path(args.out), args.resume,
+                      record=args.launcher == "none")
     except PreflightError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from transfer.mmdet.config import ConfigError
     try:
-        return run(args)
+        code = run(args)
     except (PreflightError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    _leave_group()
+    return code
+
+
+def _leave_group() -> None:
+    """Every rank waits for rank 0's metrics.json, then leaves the group: a process that exits
+    with a live gloo group can abort ("terminate called without an active exception")."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

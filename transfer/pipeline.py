@@ -2,14 +2,18 @@
 
 Each step is a command line plus the files and settings it depends on. A finished step leaves
 ``<out>/.steps/<name>.json`` holding the fingerprint of its inputs and the command; a re-run
-with the same fingerprint and all outputs present is skipped. The pipeline calls the project's
-own CLIs as subprocesses, so what it runs is exactly what a user would type (and is logged).
+with the same fingerprint and all outputs present is skipped. A step that runs first loses its
+old stamp (so a failed re-run never looks finished) and the folders it owns (``clean``: a
+detection run folder belongs to one export). A failed step leaves no stamp, its log, and the
+command's own partial output, which the next run replaces. The pipeline calls the project's own
+CLIs as subprocesses, so what it runs is exactly what a user would type (and is logged).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -27,6 +31,7 @@ class Step:
     inputs: list[Path] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     env: dict | None = None
+    clean: list[Path] = field(default_factory=list)
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(json.dumps([self.command, self.settings], sort_keys=True,
@@ -64,6 +69,10 @@ class Pipeline:
             self.records.append(record)
             return record
         self.log(f"[{step.name}] $ {cmd_text}")
+        self._stamp(step).unlink(missing_ok=True)
+        for folder in step.clean:
+            if Path(folder).is_dir():
+                shutil.rmtree(folder)
         start = time.time()
         logfile = self.out / "logs" / f"{step.name}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)

@@ -11,8 +11,11 @@ pycocotools for COCO); this module only renames them and scales them to percent:
      "APm": float, "APm50": float, "APm75": float,            # COCO only: mask AP
      "run": {...where the run's config, export and engine logs are...}}
 
-A value the evaluator could not compute (NaN, e.g. a model with no detections above the score
-threshold) is ``null`` and explained in ``run["notes"]``; it is never replaced by a number.
+Both engines run a detection counter beside their evaluator (``detections/count``). A run that
+predicted nothing on the test set scores 0 for every AP (recall is 0: that is what the evaluators
+would compute if they did not stop early), with a note in ``run["notes"]``. Any other value the
+evaluator could not compute (NaN) is ``null`` with a note; it is never replaced by a number.
+``run["protocol"]`` holds the resolved protocol (``transfer.detection.protocol``).
 """
 from __future__ import annotations
 
@@ -53,11 +56,27 @@ def _value(raw: Any, scale: float, notes: list[str], name: str) -> float | None:
     return round(value, 4)
 
 
+def _no_detections(count, task: str) -> tuple[dict, list[str]] | None:
+    """Every metric 0 with a note when the detection counter saw no detection at all."""
+    if count is None or int(count) > 0:
+        return None
+    note = ("no detections on the test set (none above the score threshold): every AP is 0")
+    return {key: 0.0 for key in metric_keys(task)}, [note]
+
+
 def from_detectron2(results: Mapping, task: str) -> tuple[dict, list[str]]:
     """Values from ``DefaultTrainer.test``/``train`` results: {"bbox": {"AP", "AP50", "AP75", ...},
-    "segm": {...}} (percent already), possibly nested under the test set's name."""
+    "segm": {...}, "detections": {"count": n}} (percent already), possibly nested under the test
+    set's name."""
+    if not isinstance(results, Mapping):
+        raise MetricsError(f"detectron2 returned {type(results).__name__}, not a results dict")
     if "bbox" not in results and len(results) == 1:
         (results,) = results.values()
+        if not isinstance(results, Mapping):
+            raise MetricsError("detectron2 returned no results dict for the test set")
+    empty = _no_detections((results.get("detections") or {}).get("count"), task)
+    if empty is not None:
+        return empty
     sections = {"bbox": BOX_KEYS} | ({"segm": MASK_KEYS} if task == "coco" else {})
     notes: list[str] = []
     out = {}
@@ -82,12 +101,16 @@ def from_mmdet(results: Mapping, task: str) -> tuple[dict, list[str]]:
     """Values from ``Runner.test()``: VOCMetric's 'pascal_voc/*' or CocoMetric's 'coco/*'
     (fractions in [0, 1], scaled here to percent)."""
     metric_keys(task)
+    if not isinstance(results, Mapping):
+        raise MetricsError(f"mmdet returned {type(results).__name__}, not a results dict")
+    empty = _no_detections(results.get("detections/count"), task)
+    if empty is not None:
+        return empty
     sources = _MMDET_SOURCES[task]
     prefix = next(iter(sources.values())).split("/")[0]
-    foreign = [k for k in results if "/" in k and k.split("/")[0] not in (prefix,)]
-    if foreign and not any(k.startswith(prefix + "/") for k in results):
-        raise MetricsError(f"mmdet results {sorted(results)[:4]} are not from the {task} metric "
-                           f"({prefix}/...)")
+    if not any(k.startswith(prefix + "/") for k in results):
+        raise MetricsError(f"mmdet results {sorted(results)[:4]} hold nothing from the {task} "
+                           f"metric ({prefix}/...)")
     notes: list[str] = []
     return {key: _value(results.get(src), 100.0, notes, key) for key, src in sources.items()}, notes
 

@@ -4,8 +4,13 @@ Why here: a wrong export folder or data root should fail once, in one line, befo
 spawns N workers that each fail deep inside a data loader. Also picks the project config for
 (engine, task, arch) so that train_det.sh needs no knowledge of file names.
 
-CLI (used by tools/train_det.sh): ``python -m transfer.detection.preflight ENGINE TASK EXPORT
-[--gpus N]`` prints nothing and exits 0, or prints one error line and exits 2.
+Also owns the run folder: its default name (``identity.default_run_dir``) and the check that
+a folder (``--resume`` or not) belongs to this engine, task and export (``identity.claim``).
+
+CLI (used by tools/train_det.sh before torchrun starts N workers): ``python -m
+transfer.detection.preflight ENGINE TASK EXPORT --out DIR [--gpus N | --cpu-procs N]
+[--resume]`` checks, records DIR/run.json, prints nothing and exits 0, or prints one error line
+and exits 2.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from transfer.detection import identity
 from transfer.detection.datasets import TASKS, DatasetLayoutError, check_layout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,15 +72,16 @@ def default_config(engine: str, task: str, arch: str) -> Path:
 
 
 def check(engine: str, task: str, export_dir: str | Path, gpus: int = 1,
-          data_root: str | Path | None = None) -> dict:
-    """Everything a run needs; returns the export's meta."""
+          data_root: str | Path | None = None, cpu: bool = False) -> dict:
+    """Everything a run needs; returns the export's meta. ``cpu``: the processes run on the CPU
+    (gloo), so no CUDA device is needed."""
     if engine not in ENGINES:
         raise PreflightError(f"unknown engine {engine!r}; expected one of {ENGINES}")
     if task not in TASKS:
         raise PreflightError(f"unknown task {task!r}; expected one of {TASKS}")
     if gpus < 1:
         raise PreflightError(f"--gpus {gpus}: pass at least 1")
-    if gpus > 1:
+    if gpus > 1 and not cpu:
         import torch
         have = torch.cuda.device_count()
         if have < gpus:
@@ -88,18 +95,85 @@ def check(engine: str, task: str, export_dir: str | Path, gpus: int = 1,
     return meta
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, lr_key: str) -> None:
+    """The options both engines' entry points share (one text, one meaning)."""
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--export", required=True, help="folder written by tools/convert_width.py")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="evaluate without training (heads untrained: the baseline)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT (only a run of the same engine, task and "
+                             "export)")
+    parser.add_argument("--total-batch", type=int, default=None,
+                        help=f"images per optimizer step (default: the config's 16); the lr "
+                             f"scales linearly unless {lr_key} is given")
+    parser.add_argument("--ims-per-gpu", type=int, default=None,
+                        help="at most M images per process and forward: gradient accumulation")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                        help="default: pretrain/device.py's choice (US3L_DEVICE, else cuda if "
+                             "available)")
+
+
+def check_engine_device(engine: str, device: str) -> None:
+    """MMDetection's RoI ops on a GPU need mmcv compiled with its CUDA ops; say so in one line
+    instead of failing mid-run (tools/setup_env.sh builds them on a machine with a GPU and nvcc)."""
+    if engine != "mmdet" or not str(device).startswith("cuda"):
+        return
+    from mmcv.ops import get_compiling_cuda_version
+    if get_compiling_cuda_version() == "not available":
+        raise PreflightError("mmcv was built without its CUDA ops, so MMDetection cannot run on "
+                             "the GPU: re-run tools/setup_env.sh on this machine with CUDA's nvcc "
+                             "on PATH (or CUDA_HOME set), or run on the CPU (US3L_DEVICE=cpu)")
+
+
+def run_dir(engine: str, task: str, meta: dict, export_dir: str | Path,
+            out: str | Path | None) -> Path:
+    """``out``, or the default folder named after the source checkpoint and the width."""
+    if out:
+        return Path(out)
+    return identity.default_run_dir(REPO / "runs" / "det",
+                                    identity.identity(engine, task, meta, export_dir))
+
+
+def claim_run_dir(engine: str, task: str, meta: dict, export_dir: str | Path, out: Path,
+                  resume: bool, record: bool = True) -> None:
+    """The run folder belongs to this run (``record``: and say so in out/run.json; only the
+    process that starts the workers records)."""
+    ident = identity.identity(engine, task, meta, export_dir)
+    try:
+        if record:
+            identity.claim(out, ident, resume)
+        else:
+            identity.check(out, ident, resume)
+    except identity.IdentityError as err:
+        raise PreflightError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="check a detection run before it starts")
+    parser = argparse.ArgumentParser(description="check a detection run before torchrun starts "
+                                     "its workers; prints the run folder")
     parser.add_argument("engine")
     parser.add_argument("task")
     parser.add_argument("export")
-    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs per machine")
+    parser.add_argument("--cpu", action="store_true", help="the processes run on the CPU")
+    parser.add_argument("--world", type=int, default=1, help="processes in all")
+    parser.add_argument("--total-batch", type=int, default=None)
+    parser.add_argument("--ims-per-gpu", type=int, default=None)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    from transfer.detection import protocol
     try:
-        check(args.engine, args.task, args.export, args.gpus)
-    except PreflightError as err:
+        meta = check(args.engine, args.task, args.export, args.gpus, cpu=args.cpu)
+        protocol.split_batch(args.total_batch or protocol.REFERENCE_BATCH, args.world,
+                             args.ims_per_gpu)
+        out = run_dir(args.engine, args.task, meta, args.export, args.out)
+        claim_run_dir(args.engine, args.task, meta, args.export, out, args.resume)
+    except (PreflightError, protocol.ProtocolError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print(out)
     return 0
 
 

@@ -8,7 +8,10 @@ Why: the detectron2 that installs offline (the pb1-detectron2 0.6 sdist) has no 
   ``NotImplementedError`` when called (rotated boxes, deformable conv, the fast COCO evaluator)
   -- never a wrong result. Everything the project uses (nms, ROIAlign, FPN, R-CNN heads) runs on
   torchvision's ops and is unaffected;
-* restores the names detectron2 0.6 still uses: ``PIL.Image.LINEAR`` and ``np.int/float/object/bool/str``.
+* restores the names detectron2 0.6 still uses: ``PIL.Image.LINEAR`` and ``np.int/float/object/bool/str``;
+* silences torch's deprecation warning for the ``torch.jit.script`` decorators detectron2 0.6
+  applies at import (printed on every run and before every one-line error, it says nothing a
+  user can act on).
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -23,6 +27,10 @@ from PIL import Image
 _INSTALL_HINT = ("detectron2 was installed without its compiled ops (detectron2._C); "
                  "'{name}' needs them. Build the official detectron2 with "
                  "DETECTRON2_SRC=/path/to/detectron2 bash tools/setup_env.sh")
+
+
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)
 
 
 def _restore_removed_names() -> None:

@@ -1,10 +1,14 @@
 """A detectron2 config for one export: the project yaml + the export's meta.json + the run.
 
-Why here: the yaml files under configs/detectron2 hold the protocol (RGB input, torchvision
-normalisation, every stage fine-tuned, SyncBN, 4conv-1fc box head, schedules) but no channel
-numbers and no paths; ``build_cfg`` adds the export (backbone channels via MODEL.US3L.META, the
-weights, a check that the config's depth matches the export's arch), the command-line options,
-the device, and on ONE process turns SyncBN into plain BN (nothing to synchronise with).
+Why here: the yaml files under configs/detectron2 hold the protocol of
+``transfer.detection.protocol`` (RGB input, torchvision normalisation, every stage fine-tuned,
+SyncBN, 4conv-1fc box head, schedules, scales) but no channel numbers and no paths;
+``build_cfg`` adds the export (backbone channels via MODEL.US3L.META, the weights, a check that
+the config's depth matches the export's arch), the command-line options, the device; keeps the
+total batch (``SOLVER.IMS_PER_BATCH``, global in detectron2) reachable on any number of processes
+(``SOLVER.ACCUMULATION_STEPS``), scales the lr linearly when the total changes, and replaces
+SyncBN by what stands for it (BN on one process, naiveSyncBN on several CPU processes).
+``describe`` reads back what the built config runs, for the console and metrics.json.
 """
 from __future__ import annotations
 
@@ -16,12 +20,16 @@ import torch
 import transfer.detectron2.compat  # noqa: F401  (before detectron2)
 from detectron2.config import CfgNode, get_cfg
 
+from pretrain.device import default_device
+from transfer.detection import protocol
 from transfer.detectron2.backbone import add_us3l_config, apply_us3l_backbone
 from transfer.export.meta import detector_plan, read_meta
 
 NORM_KEYS = ("MODEL.RESNETS.NORM", "MODEL.FPN.NORM", "MODEL.ROI_BOX_HEAD.NORM",
              "MODEL.ROI_MASK_HEAD.NORM")
-SYNC_NORMS = ("SyncBN", "NaiveSyncBN")
+SYNC_NORMS = ("SyncBN", "naiveSyncBN")
+# protocol.norm_for's names -> detectron2's get_norm names
+D2_NORM = {"BN": "BN", "SyncBN": "SyncBN", "NaiveSyncBN": "naiveSyncBN"}
 DEPTH_OF = {"resnet18": 18, "resnet50": 50}
 WEIGHTS_FILE = "detectron2.pkl"
 
@@ -45,26 +53,33 @@ def _set(cfg: CfgNode, dotted: str, value) -> None:
     node[leaf] = value
 
 
-def degrade_sync_bn(cfg: CfgNode, world_size: int) -> list[str]:
-    """SyncBN -> BN in backbone, FPN and heads when one process trains; returns the keys changed."""
-    if world_size > 1:
-        return []
+def degrade_sync_bn(cfg: CfgNode, world_size: int, device: str = "cuda") -> list[str]:
+    """SyncBN -> what stands for it on this run (``protocol.norm_for``) in backbone, FPN and
+    heads; returns the keys changed."""
+    target = D2_NORM[protocol.norm_for(world_size, device)]
     changed = []
     for key in NORM_KEYS:
-        if _get(cfg, key) in SYNC_NORMS:
-            _set(cfg, key, "BN")
+        if _get(cfg, key) in SYNC_NORMS and _get(cfg, key) != target:
+            _set(cfg, key, target)
             changed.append(key)
     return changed
 
 
+def _option(opts: list[str], key: str) -> str | None:
+    values = [opts[i + 1] for i in range(0, len(opts) - 1, 2) if opts[i] == key]
+    return values[-1] if values else None
+
+
 def build_cfg(config_file: str | Path, export_dir: str | Path, opts: list[str] | None = None,
               world_size: int = 1, output_dir: str | Path | None = None,
-              device: str | None = None) -> tuple[CfgNode, dict, list[str]]:
-    """(frozen cfg, export meta, keys whose SyncBN became BN)."""
+              device: str | None = None, total_batch: int | None = None,
+              ims_per_gpu: int | None = None) -> tuple[CfgNode, dict, list[str], str]:
+    """(frozen cfg, export meta, keys whose SyncBN was replaced, lr note)."""
     export_dir = Path(export_dir)
     meta = read_meta(export_dir)
     cfg = get_cfg()
     add_us3l_config(cfg)
+    cfg.SOLVER.ACCUMULATION_STEPS = 1
     try:
         cfg.merge_from_file(str(config_file))
     except (KeyError, ValueError, AssertionError, OSError) as err:
@@ -76,19 +91,71 @@ def build_cfg(config_file: str | Path, export_dir: str | Path, opts: list[str] |
                           f"is {arch}; pass the R-{DEPTH_OF.get(arch)} config")
     apply_us3l_backbone(cfg, export_dir / "meta.json", weights=export_dir / WEIGHTS_FILE,
                         norm=cfg.MODEL.RESNETS.NORM, fpn=True)
+    opts = list(opts or [])
     if opts:
         if len(opts) % 2:
             raise ConfigError(f"detectron2 options come in KEY VALUE pairs; got {opts}")
+        if _option(opts, "SOLVER.ACCUMULATION_STEPS") is not None:
+            raise ConfigError("SOLVER.ACCUMULATION_STEPS follows from the total batch; pass "
+                              "--ims-per-gpu M to accumulate gradients")
         try:
-            cfg.merge_from_list(list(opts))
+            cfg.merge_from_list(opts)
         except (KeyError, AssertionError, ValueError) as err:
             raise ConfigError(f"bad detectron2 option in {opts}: {err}") from None
-    changed = degrade_sync_bn(cfg, world_size)
-    cfg.MODEL.DEVICE = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    asked = _option(opts, "SOLVER.IMS_PER_BATCH")
+    if total_batch is not None and asked is not None and int(asked) != int(total_batch):
+        raise ConfigError(f"--total-batch {total_batch} and SOLVER.IMS_PER_BATCH {asked} differ; "
+                          f"pass one")
+    total = int(total_batch or cfg.SOLVER.IMS_PER_BATCH)
+    try:
+        batching = protocol.split_batch(total, world_size, ims_per_gpu)
+    except protocol.ProtocolError as err:
+        raise ConfigError(str(err)) from None
+    explicit = _option(opts, "SOLVER.BASE_LR")
+    lr, lr_note = protocol.scaled_lr(total, float(explicit) if explicit is not None else None)
+    cfg.SOLVER.IMS_PER_BATCH = total
+    cfg.SOLVER.ACCUMULATION_STEPS = batching.accumulation
+    cfg.SOLVER.BASE_LR = lr
+    cfg.MODEL.DEVICE = device or default_device().type
+    changed = degrade_sync_bn(cfg, world_size, cfg.MODEL.DEVICE)
     if output_dir is not None:
         cfg.OUTPUT_DIR = str(output_dir)
     cfg.freeze()
-    return cfg, meta, changed
+    return cfg, meta, changed, lr_note
+
+
+_NORM_NAME = {"naiveSyncBN": "NaiveSyncBN"}
+
+
+def describe(cfg: CfgNode, world_size: int) -> dict:
+    """What this config runs, in the fields of ``protocol.expected`` (read from the config)."""
+    accumulation = int(cfg.SOLVER.ACCUMULATION_STEPS)
+    total = int(cfg.SOLVER.IMS_PER_BATCH)
+    norm = {"backbone": cfg.MODEL.RESNETS.NORM, "fpn": cfg.MODEL.FPN.NORM,
+            "box_head": cfg.MODEL.ROI_BOX_HEAD.NORM}
+    if cfg.MODEL.MASK_ON:
+        norm["mask_head"] = cfg.MODEL.ROI_MASK_HEAD.NORM
+    sides = cfg.INPUT.MIN_SIZE_TRAIN
+    sides = [int(sides)] if isinstance(sides, int) else [int(s) for s in sides]
+    if cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "range":
+        sides = list(range(sides[0], sides[-1] + 1))
+    test_eval = "PascalVOCDetectionEvaluator(VOC07 11-point)" if not cfg.MODEL.MASK_ON and \
+        any(name.startswith("voc") for name in cfg.DATASETS.TEST) else \
+        "COCOEvaluator(" + "+".join(("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)) + ")"
+    return {
+        "total_batch": total, "processes": world_size,
+        "per_process_batch": total // (world_size * accumulation), "accumulation": accumulation,
+        "lr": float(cfg.SOLVER.BASE_LR), "iterations": int(cfg.SOLVER.MAX_ITER),
+        "warmup_iters": int(cfg.SOLVER.WARMUP_ITERS),
+        "warmup_factor": float(cfg.SOLVER.WARMUP_FACTOR),
+        "steps": [int(s) for s in cfg.SOLVER.STEPS],
+        "train_short_sides": sides, "train_max_size": int(cfg.INPUT.MAX_SIZE_TRAIN),
+        "test_short_side": int(cfg.INPUT.MIN_SIZE_TEST),
+        "test_max_size": int(cfg.INPUT.MAX_SIZE_TEST),
+        "min_box_size": 0,  # detectron2 filters empty images only (FILTER_EMPTY_ANNOTATIONS)
+        "norm": {k: _NORM_NAME.get(v, v) for k, v in norm.items()},
+        "evaluator": test_eval,
+    }
 
 
 def check_backbone_loaded(model: torch.nn.Module, weights: str | Path) -> int:

@@ -4,7 +4,9 @@ For each width r: set r on the slimmable backbone, recalibrate BN exactly at r (
 take the static twin (the slicing rule lives in pretrain/slim.py), write the formats and
 meta.json into a temporary folder, load each export back through its engine and compare features
 (verify), then rename the folder to DIR/w{r}. Bad input is found before anything is written:
-one line on stderr, exit code 2, no folder left behind.
+one line on stderr, exit code 2, no folder left behind. A width that fails later (verification,
+a write error) ends the run with one line and exit code 1: the widths finished before it stay
+(each verified, listed in verification.md/table6.md), the failed one leaves nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from pretrain import slim
+from pretrain.device import default_device
 from pretrain.checkpoint import (CheckpointError, atomic_write, file_sha256, load_backbone,
                                  load_checkpoint, model_config, width_range)
 from transfer.export import (bn_calibration, calib_data, detectron2_export, macs, meta as meta_mod,
@@ -34,6 +37,21 @@ EXIT_BAD_INPUT, EXIT_VERIFY_FAILED = 2, 1
 
 class ConvertError(ValueError):
     """Bad input to the converter (one line for the user; exit code 2)."""
+
+
+class WidthFailed(RuntimeError):
+    """A width failed after others finished (exit code 1). Each width folder is published
+    atomically and only after its own verification, so the finished ones stay, and the reports
+    are written for exactly those; the failed width leaves nothing behind."""
+
+    def __init__(self, width: float, cause: BaseException, done: list[float]):
+        self.width, self.cause, self.done = width, cause, done
+        kept = (f"kept {len(done)} finished width(s) ({' '.join(folder_name(w) for w in done)}) "
+                f"and their verification.md/table6.md" if done else "nothing was written")
+        what = ("verification failed" if isinstance(cause, verify.VerificationError)
+                else "could not write")
+        one_line = " ".join(str(cause).split())
+        super().__init__(f"{what} at {folder_name(width)}: {one_line}; {kept}")
 
 
 # ------------------------------------------------------------------------------------ arguments
@@ -149,7 +167,7 @@ def prepare(args: argparse.Namespace) -> Plan:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConvertError(f"--out {out} exists and is not a folder; pass a folder path")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(args.device) if args.device else default_device()
     return Plan(ckpt_path, file_sha256(ckpt_path), ckpt, cfg, slimmable, widths, formats, spec,
                 image_size, loader, out, device, args)
 
@@ -338,7 +356,12 @@ def run(argv: list[str] | None = None) -> int:
             from tqdm import tqdm
             bar = tqdm(plan.widths, desc="widths", unit="width", leave=False)
         for i, width in enumerate(bar if bar is not None else plan.widths):
-            row = convert_width(plan, width, x, show_renames=(i == 0 and not args.quiet))
+            try:
+                row = convert_width(plan, width, x, show_renames=(i == 0 and not args.quiet))
+            except (verify.VerificationError, OSError) as err:
+                if rows:
+                    write_reports(plan, rows)
+                raise WidthFailed(width, err, [r["width"] for r in rows]) from err
             rows.append(row)
             print_row(row)
     finally:
@@ -357,6 +380,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConvertError, CheckpointError, calib_data.CalibDataError, meta_mod.MetaError) as err:
         print(f"convert_width.py: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except verify.VerificationError as err:
-        print(f"convert_width.py: verification failed: {err}", file=sys.stderr)
+    except WidthFailed as err:
+        print(f"convert_width.py: {err}", file=sys.stderr)
         return EXIT_VERIFY_FAILED

@@ -27,7 +27,8 @@ GRID = tuple(float(c) for c in np.logspace(-6, 5, 45))
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from pretrain.device import default_device as pick
+    return pick()
 
 
 @dataclass
