@@ -12,8 +12,11 @@ env:
 demo: env
 	$(PY) tools/run_all.py --preset demo --out runs/main
 
+# Two xdist workers (the suite's two longest files start first, see tests/conftest.py); the
+# multi-process tests start their own processes, so more workers than cores only slows it down.
+TEST_WORKERS ?= 2
 test: env
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: env
 	$(PY) bench/pretrain_cost.py

@@ -134,7 +134,7 @@ fi
 
 step "5/6 mmengine, mmdet, pycocotools and the project's own dependencies"
 quiet_pip install -q -c "$CONSTRAINTS" mmengine mmdet pycocotools scipy scikit-learn matplotlib \
-  pyyaml tqdm tensorboard pytest
+  pyyaml tqdm tensorboard pytest pytest-xdist
 touch "$BASE/.us3l-base-complete"
 fi
 
