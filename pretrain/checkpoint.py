@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pretrain import slim
+from pretrain.safe_io import atomic_write
 
 FORMAT = "us3l-checkpoint"
 FORMAT_VERSION = 1
@@ -33,22 +33,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A file that is not a usable US3L checkpoint (the message is one line for the user)."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(path: str | os.PathLike, *, config: dict, state: dict[str, dict],

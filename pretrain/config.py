@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 
 class ConfigError(ValueError):
@@ -39,6 +39,9 @@ DEFAULTS: dict[str, Any] = {
         "momentum": 0.99,
         "momentum_schedule": "fixed",  # fixed | cosine (towards 1.0)
         "queue_size": 0,            # MoCo v2 negatives (0 = none)
+        # InfoNCE negatives/targets from every process (true) or the local batch (false); null =
+        # what the method's reference code does (pretrain/methods/__init__.py: GATHER_NEGATIVES).
+        "gather_negatives": None,
     },
     "heads": {
         "projector": {"hidden": 2048, "out": 256, "layers": 3, "bn_last": True},

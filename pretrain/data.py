@@ -213,7 +213,10 @@ class ResumableSampler(Sampler[int]):
     """This rank's indices of epoch ``epoch`` from global batch ``start_batch`` on.
 
     Global batch b of an epoch is ``perm[b*B:(b+1)*B]`` of a permutation seeded by (seed, epoch);
-    rank r takes its r-th equal slice. Only whole batches are yielded (drop_last).
+    rank r takes its r-th equal slice. Only whole batches are yielded (drop_last). Neither the
+    permutation nor the batches depend on the number of processes, so a run resumed on M
+    processes after being saved on N continues with the same global batches, each now split M
+    ways (with M = 1: rank 0's slice, then rank 1's, ... of the N-process run, in one batch).
     """
 
     def __init__(self, n: int, global_batch: int, seed: int, epoch: int = 0, start_batch: int = 0,

@@ -10,6 +10,18 @@ projector; torch's SyncBatchNorm has no CPU kernels, so gloo-on-CPU runs keep pe
 gradient all-reduce only on the last backward of an iteration). Checkpoints (pretrain/checkpoint.py
 format) hold everything needed to continue the same run exactly: optimizer, scheduler, scaler,
 EMA, queue, iteration and every RNG.
+
+Resume on another number of processes (saved on N, resumed on M). The checkpoint holds each
+rank's own generators (CPU torch, its own GPU's CUDA generator, numpy, python) in
+``train_state["rng_per_rank"]``; on resume rank r < N takes rank r's, a rank r >= N takes rank
+0's (as at the start of a run, where every rank is seeded alike). The data order does not depend
+on M: global batch b of epoch e is the same ``data.batch_size`` images (a permutation seeded by
+(seed, e)) with the same augmentations (seeded per image), split into M equal consecutive slices
+instead of N (pretrain/data.py ``ResumableSampler``); the widths come from the one width RNG every
+rank shares. So the run continues with the same global batches and widths it would have had; what
+changes with M is only what depends on the split: per-process BatchNorm statistics when BN is not
+synchronised (CPU), and the negatives of InfoNCE losses when ``method.gather_negatives`` is off.
+``data.batch_size`` is the global batch and must be divisible by M.
 """
 from __future__ import annotations
 
@@ -29,7 +41,7 @@ from torch.utils.data import DataLoader
 
 from pretrain import checkpoint as ckpt_io
 from pretrain import data as data_mod
-from pretrain import slim
+from pretrain import distributed, slim
 from pretrain.config import ConfigError, save_resolved
 from pretrain.device import default_device
 from pretrain.losses import embedding_std
@@ -102,6 +114,17 @@ def convert_sync_batchnorm(method: US3L) -> int:
     return count
 
 
+def check_batch_split(batch_size: int, world: int) -> None:
+    """``data.batch_size`` is the global batch: each of the ``world`` processes takes an equal
+    slice (pretrain/data.py ``ResumableSampler``), so it must divide evenly."""
+    if world > 1 and batch_size % world:
+        lower, upper = (batch_size // world) * world, (batch_size // world + 1) * world
+        hint = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ConfigError(f"data.batch_size={batch_size} (the global batch) is not divisible by "
+                          f"the {world} processes; set data.batch_size to a multiple of {world} "
+                          f"(e.g. {hint}) or start a number of processes that divides it")
+
+
 def warmup_cosine(total: int, warmup: int, min_ratio: float):
     """Multiplier of the base lr at step i: linear warm-up, then cosine down to ``min_ratio``."""
     def factor(i: int) -> float:
@@ -113,20 +136,30 @@ def warmup_cosine(total: int, warmup: int, min_ratio: float):
 
 
 # --- RNG state as weights_only-loadable values ------------------------------------------------------
-def rng_state() -> dict:
+def rng_state(device: torch.device | None = None) -> dict:
+    """This process's generators; on CUDA only the generator of ``device`` (its own GPU), so a
+    state saved with 8 visible GPUs restores with 1 (issue 19: ``get_rng_state_all`` did not)."""
     np_state = np.random.get_state()
     py_state = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+    cuda = []
+    if device is not None and device.type == "cuda":
+        cuda = [torch.cuda.get_rng_state(device)]
+    return {"torch": torch.get_rng_state(), "cuda": cuda,
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
                       int(np_state[3]), float(np_state[4])],
             "python": [py_state[0], list(py_state[1]), py_state[2]]}
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restore ``rng_state``'s output; its CUDA generator goes to ``device`` only. (A checkpoint
+    from before per-rank states holds one state per GPU of the saving machine: entry
+    ``device.index`` is used when present.)"""
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state.get("cuda"):
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda") or []
+    if device is not None and device.type == "cuda" and cuda:
+        index = 0 if len(cuda) == 1 else (device.index or 0)
+        if index < len(cuda):
+            torch.cuda.set_rng_state(cuda[index], device)
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = state["python"]
@@ -160,6 +193,7 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        check_batch_split(int(cfg["data"]["batch_size"]), self.world)  # before any collective
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if device is None:
             device = default_device(local_rank)
@@ -245,10 +279,13 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     def train_state(self) -> dict:
+        """Collective under DDP (every rank's RNG state is gathered): call it on every rank."""
+        per_rank = distributed.all_gather_objects(rng_state(self.device))
         state = {"iteration": self.iteration, "epoch": self.iteration // self.iters_per_epoch,
                  "total_iters": self.total, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                 "width_rng": _pyrandom_state(self.width_rng), "rng": rng_state(),
+                 "width_rng": _pyrandom_state(self.width_rng), "rng": per_rank[0],
+                 "rng_per_rank": per_rank, "world_size": self.world,
                  "momentum": self.method.momentum_at(self.iteration, self.total)}
         if self.method.queue is not None:
             state["moco_queue"] = self.method.queue.detach().cpu().clone()
@@ -256,18 +293,22 @@ class Trainer:
         return state
 
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
+        """Every rank calls it (the RNG states are gathered); rank 0 writes the file."""
+        train_state = self.train_state()
         if self.rank != 0:
             return None
         cpu = lambda sd: None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}  # noqa
         state = {k: cpu(v) for k, v in self.method.state_parts().items()}
         s = self.cfg["sampling"]
         return ckpt_io.save_checkpoint(path or self.ckpt_path, config=self.cfg, state=state,
-                                       train_state=self.train_state(),
+                                       train_state=train_state,
                                        width_range=(s["min_width"], s["max_width"]))
 
     def _resume(self, path) -> None:
         ckpt = ckpt_io.load_checkpoint(path, map_location="cpu")
         stored = ckpt["config"]
+        if "gather_negatives" not in stored.get("method", {}):  # saved before the switch existed:
+            stored = {**stored, "method": {**stored["method"], "gather_negatives": False}}  # local
         for key in RESUME_KEYS:
             diff = _first_difference(stored.get(key), self.cfg.get(key), key + ".")
             if diff:
@@ -287,7 +328,10 @@ class Trainer:
             self.method.queue.copy_(ts["moco_queue"])
             self.method.queue_ptr.fill_(int(ts["moco_queue_ptr"]))
         _set_pyrandom_state(self.width_rng, ts["width_rng"])
-        set_rng_state(ts["rng"])
+        per_rank = ts.get("rng_per_rank") or [ts["rng"]]
+        # This rank's own generators; a rank the saving run did not have takes rank 0's.
+        set_rng_state(per_rank[self.rank] if self.rank < len(per_rank) else per_rank[0],
+                      self.device)
         self.iteration = int(ts["iteration"])
 
     # --- one iteration ---------------------------------------------------------------------------
@@ -367,7 +411,8 @@ class Trainer:
                                 int(m["knn_k"]), int(m["knn_batches"])) for w in widths}
 
     def train(self, stop_after: int | None = None) -> dict:
-        """Run to the end of the schedule (or until iteration ``stop_after``); returns a summary."""
+        """Run to the end of the schedule (or until iteration ``stop_after``, with a checkpoint
+        there to ``--resume`` from); returns a summary."""
         from tqdm import tqdm
         cfg, m = self.cfg, self.cfg["monitor"]
         if self.rank == 0:
@@ -399,7 +444,8 @@ class Trainer:
                         self.monitor.log_iteration(it, epoch, out, out["records"])
                     if int(m["knn_every"]) and (it % int(m["knn_every"]) == 0 or it == self.total):
                         self.monitor.log_knn(it, self._knn())
-                    if (every and it % every == 0) or it == self.total:
+                    stopping = stop_after is not None and it >= stop_after
+                    if (every and it % every == 0) or it == self.total or stopping:
                         self.save()
                     bar.update(1)
                     bar.set_postfix(loss=f"{out['loss']:.3f}",  # std*sqrt(d): ~1 healthy, 0 collapsed

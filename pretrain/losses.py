@@ -4,11 +4,21 @@ Every function L2-normalises its inputs unless told they already are (``normaliz
 returns the mean over the batch. InfoNCE goes through ``cross_entropy`` (log-sum-exp), never a raw
 ``exp``. Gradients w.r.t. normalised student outputs are Eq. 8 (MSE-distill: ``-z_t``) and Eq. 9
 (NCE-distill: ``(-z_t + sum_j P_j z_j^t) / tau``); ``tests/test_losses.py`` checks both.
+
+Cross-GPU negatives (``gather=True``, the ``method.gather_negatives`` switch): the InfoNCE-type
+losses then contrast this rank's anchors against every rank's targets, as MoCo v3 does
+(``concat_all_gather`` of the detached keys, positives at ``rank * n + i``); SimCLR's loss, whose
+negatives carry gradient, gathers with ``gather_with_grad`` (SimCLR's cross-replica concat). Each
+rank's value is the mean over its own anchors, so the ranks' mean is the loss of one process over
+the concatenated batch, and so is the DDP-averaged gradient. Without a process group ``gather``
+changes nothing.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from pretrain import distributed
 
 
 def _f32(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -31,41 +41,63 @@ def mse_distill(zs: torch.Tensor, zt: torch.Tensor, normalized: bool = False) ->
     return negative_cosine(zs, zt.detach(), normalized)
 
 
+def _offset(n: int, gather: bool) -> int:
+    """Index of this rank's first row among the gathered targets."""
+    return distributed.rank() * n if gather else 0
+
+
 def nce_distill(zs: torch.Tensor, zt: torch.Tensor, temperature: float = 1.0,
-                normalized: bool = False) -> torch.Tensor:
-    """Eq. 7: -z_s^i . z_t^i / tau + log sum_k exp(z_s^i . z_t^k / tau); targets detached."""
+                normalized: bool = False, gather: bool = False) -> torch.Tensor:
+    """Eq. 7: -z_s^i . z_t^i / tau + log sum_k exp(z_s^i . z_t^k / tau); targets detached (over
+    every rank's targets with ``gather``)."""
     with torch.autocast(zs.device.type, enabled=False):
         zs, zt = _f32(zs, zt)
         zs, zt = _norm(zs, normalized), _norm(zt.detach(), normalized)
+        if gather:
+            zt = distributed.concat_all_gather(zt)
         logits = zs @ zt.t() / temperature
-        return F.cross_entropy(logits, torch.arange(len(zs), device=zs.device))
+        target = torch.arange(len(zs), device=zs.device) + _offset(len(zs), gather)
+        return F.cross_entropy(logits, target)
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
-             normalized: bool = False) -> torch.Tensor:
-    """Eq. 2 (SimCLR's NT-Xent): each of the 2N views against its pair and the other 2N-2 views."""
+             normalized: bool = False, gather: bool = False) -> torch.Tensor:
+    """Eq. 2 (SimCLR's NT-Xent): each of the 2N views against its pair and the other 2N-2 views
+    (with ``gather``: this rank's 2n views against all 2N views of every rank)."""
     with torch.autocast(z1.device.type, enabled=False):
         z1, z2 = _f32(z1, z2)
-        z = torch.cat([_norm(z1, normalized), _norm(z2, normalized)])
+        z1, z2 = _norm(z1, normalized), _norm(z2, normalized)
         n = len(z1)
-        logits = z @ z.t() / temperature
-        logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device),
-                                    float("-inf"))
-        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+        anchors = torch.cat([z1, z2])
+        if gather:  # negatives keep their gradient (SimCLR): gather_with_grad
+            z1, z2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)
+        big = len(z1)                      # N = world * n (n when not gathering)
+        columns = torch.cat([z1, z2])      # [view 1 of every rank, view 2 of every rank]
+        logits = anchors @ columns.t() / temperature
+        own = torch.arange(n, device=z1.device) + _offset(n, gather)
+        self_idx = torch.cat([own, own + big])
+        logits = logits.masked_fill(
+            F.one_hot(self_idx, 2 * big).bool(), float("-inf"))
+        target = torch.cat([own + big, own])
         return F.cross_entropy(logits, target)
 
 
 def info_nce_target(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.5,
-                    queue: torch.Tensor | None = None, normalized: bool = False) -> torch.Tensor:
-    """InfoNCE against a (momentum) target: q_i's positive is k_i, negatives the other k_j and an
-    optional queue of earlier keys (MoCo). ``k`` is detached."""
+                    queue: torch.Tensor | None = None, normalized: bool = False,
+                    gather: bool = False) -> torch.Tensor:
+    """InfoNCE against a (momentum) target: q_i's positive is k_i, negatives the other k_j (of
+    every rank with ``gather``, MoCo v3's ``contrastive_loss``) and an optional queue of earlier
+    keys (MoCo). ``k`` is detached."""
     with torch.autocast(q.device.type, enabled=False):
         q, k = _f32(q, k)
         q, k = _norm(q, normalized), _norm(k.detach(), normalized)
+        if gather:
+            k = distributed.concat_all_gather(k)
         logits = q @ k.t()
         if queue is not None and len(queue):
             logits = torch.cat([logits, q @ queue.float().t()], dim=1)
-        return F.cross_entropy(logits / temperature, torch.arange(len(q), device=q.device))
+        target = torch.arange(len(q), device=q.device) + _offset(len(q), gather)
+        return F.cross_entropy(logits / temperature, target)
 
 
 def embedding_std(z: torch.Tensor) -> float:

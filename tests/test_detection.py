@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,46 @@ def test_both_engines_resolve_the_protocol_at_1_2_and_8_gpus(task, export):
     with pytest.raises(MMError, match="pass --total-batch"):
         build_config(mm_file, folder, task, "/x", "/tmp/unused",
                      cfg_options={"train_dataloader.batch_size": 2})
+
+
+@pytest.mark.parametrize("task", ["voc", "coco"])
+def test_both_engines_step_the_same_lr_at_every_iteration(task, export):
+    """detectron2's scheduler (WarmupMultiStepLR) and MMDetection's (LinearLR + MultiStepLR),
+    built from the resolved configs, give the same lr at every iteration of the schedule."""
+    import numpy as np
+    from detectron2.solver import build_lr_scheduler
+    from mmengine.registry import PARAM_SCHEDULERS
+    from mmdet.utils import register_all_modules
+
+    from transfer.detectron2.config import build_cfg
+    from transfer.mmdet.config import build_config
+
+    register_all_modules()
+    folder, _ = export
+    d2_file, mm_file = (REPO / f for f in CONFIGS[task])
+    cfg, *_ = build_cfg(d2_file, folder, world_size=8, device="cuda")
+    mcfg, *_ = build_config(mm_file, folder, task, "/x", "/tmp/unused", world_size=8,
+                            device="cuda")
+
+    def optimizer(lr):
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+    d2_opt, mm_opt = optimizer(cfg.SOLVER.BASE_LR), optimizer(mcfg.optim_wrapper.optimizer.lr)
+    d2_sched = build_lr_scheduler(cfg, d2_opt)
+    mm_scheds = [PARAM_SCHEDULERS.build(dict(s, optimizer=mm_opt)) for s in mcfg.param_scheduler]
+    iterations = protocol.PROTOCOL[task]["iterations"]
+    d2_lr, mm_lr = np.empty(iterations), np.empty(iterations)
+    for i in range(iterations):
+        d2_lr[i], mm_lr[i] = d2_opt.param_groups[0]["lr"], mm_opt.param_groups[0]["lr"]
+        d2_opt.step(), mm_opt.step()
+        d2_sched.step()
+        for sched in mm_scheds:
+            sched.step()
+    np.testing.assert_allclose(mm_lr, d2_lr, rtol=1e-6, atol=1e-12)
+    steps, warmup = protocol.PROTOCOL[task]["steps"], protocol.PROTOCOL[task]["warmup_iters"]
+    assert d2_lr[0] == pytest.approx(0.02 * 0.001)
+    assert d2_lr[warmup] == pytest.approx(0.02) and d2_lr[warmup - 1] < 0.02
+    assert d2_lr[steps[0]] == pytest.approx(0.002) and d2_lr[steps[1]] == pytest.approx(0.0002)
 
 
 def test_sync_bn_stand_ins_and_configs_carry_no_channels(export):
@@ -439,6 +480,20 @@ def test_bad_input_fails_in_one_line(export, data, tmp_path):
              "3 processes cannot share a total batch of 16")
     one_line(_run(["detectron2", "voc", folder, "--out", out, "--total-batch", "0"], data),
              "--total-batch '0' is not a positive integer")
+    # hostile engine files: refused before the engine reads them, and nothing from them ran
+    from test_safe_io import Payload, write_hostile_pickle
+    hostile = tmp_path / "hostile"
+    shutil.copytree(folder, hostile)
+    marker = tmp_path / "payload-ran"
+    write_hostile_pickle(hostile / "detectron2.pkl", marker)
+    torch.save({"state_dict": Payload(marker)}, hostile / "mmdet.pth")
+    for engine in ("detectron2", "mmdet"):
+        one_line(_run([engine, "voc", hostile, "--out", out], data),
+                 "refused, nothing from it ran")
+    one_line(_run(["detectron2", "voc", hostile, "--out", out, "--cpu-procs", "2"], data),
+             "refused, nothing from it ran")
+    assert not marker.exists()
+
     from mmcv.ops import get_compiling_cuda_version
     if get_compiling_cuda_version() == "not available":  # this machine's mmcv: CPU ops only
         one_line(_run(["mmdet", "voc", folder, "--out", out], data, US3L_DEVICE="cuda"),

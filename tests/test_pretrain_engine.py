@@ -60,7 +60,8 @@ def test_exact_resume_after_kill_and_checkpoint_contents(tmp_path):
                                   "momentum_projector"}           # case 13: no predictor
     ts = ckpt["train_state"]
     assert {"iteration", "epoch", "optimizer", "scheduler", "scaler", "width_rng", "rng",
-            "momentum"} <= set(ts)
+            "rng_per_rank", "world_size", "momentum"} <= set(ts)
+    assert ts["world_size"] == 1 and len(ts["rng_per_rank"]) == 1      # this process's own RNG
     assert ts["iteration"] == 6 and ckpt["width_range"] == [0.25, 1.0]
     assert ckpt["config"]["method"]["base_loss"] == "infonce"
     assert (tmp_path / "full" / "config.yaml").is_file()
@@ -245,6 +246,35 @@ def test_config_errors():
     assert load_config(None, ["method.table7_case=1"])["method"]["distill_loss"] == "none"
 
 
+def test_gather_negatives_defaults_follow_each_reference():
+    """method.gather_negatives left null: what each method's reference code does (see
+    pretrain/methods/__init__.py); an explicit value wins; anything but a bool is an error."""
+    def gather(*over, path=None):
+        return load_config(path, list(over))["method"]["gather_negatives"]
+    assert not gather()                                           # us3l CNN code: local batch
+    assert not gather("method.name=simclr") and not gather("method.name=mocov2")
+    assert gather("method.name=mocov3")                           # MoCo v3: concat_all_gather
+    assert not gather("method.table7_case=16")
+    assert gather("method.table7_case=16", "method.gather_negatives=true")
+    assert not gather("method.name=mocov3", "method.gather_negatives=false")
+    assert gather(path=CONFIGS / "us3l_vit_tiny_cifar10.yaml")    # US3L's ViT (MoCo v3) code
+    assert not gather(path=CONFIGS / "us3l_r18_cifar100.yaml")
+    with pytest.raises(ConfigError, match="gather_negatives must be true or false"):
+        load_config(None, ["method.gather_negatives=sometimes"])
+
+
+def test_batch_split_check_names_batch_world_and_fix():
+    from pretrain.engine import check_batch_split
+    check_batch_split(16, 2)
+    check_batch_split(15, 1)
+    with pytest.raises(ConfigError, match=r"^data.batch_size=30 \(the global batch\) is not "
+                       r"divisible by the 4 processes; set data.batch_size to a multiple of 4 "
+                       r"\(e.g. 28 or 32\)"):
+        check_batch_split(30, 4)
+    with pytest.raises(ConfigError, match=r"multiple of 8 \(e.g. 8\)"):
+        check_batch_split(6, 8)
+
+
 def _write_cifar10(root: Path):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
@@ -309,19 +339,27 @@ def test_image_folder_layout(tmp_path):
 
 def test_convert_sync_batchnorm_leaves_no_plain_batchnorm(tmp_path):
     """What a CUDA DDP run converts (test_pretrain_ddp runs on CPU, where torch's SyncBatchNorm
-    cannot run): after conversion no plain BatchNorm is left -- heads and momentum projector
-    included -- the slimmable BNs sync, and the parameters are the same objects (the optimizer
-    and the regularizer still hold them)."""
+    cannot run): after conversion every BatchNorm synchronises -- a SyncBatchNorm, or a
+    SlimBatchNorm in sync mode -- in each part that has one: online backbone, projector,
+    predictor, distillation head g, momentum backbone and momentum projector (Table 7 case 4 has
+    them all). The parameters stay the same objects (the optimizer and regularizer hold them)."""
     import torch.nn as nn
 
     from pretrain.engine import convert_sync_batchnorm
-    trainer = Trainer(tiny(tmp_path), progress=False)
-    method = trainer.method
+    trainer = Trainer(tiny(tmp_path, "method.table7_case=4"), progress=False)
+    method, o = trainer.method, trainer.method.online
     params = [id(p) for p in method.parameters()]
     count = convert_sync_batchnorm(method)
-    assert not [m for m in method.modules() if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d)]
-    slim_bns = [m for m in method.modules() if isinstance(m, slim.SlimBatchNorm)]
-    syncs = [m for m in method.modules() if isinstance(m, nn.SyncBatchNorm)]
-    assert all(m.sync for m in slim_bns) and count == len(slim_bns) + len(syncs) > len(slim_bns)
-    assert any(isinstance(m, nn.SyncBatchNorm) for m in method.momentum_projector.modules())
+    parts = {"backbone": o.backbone, "projector": o.projector, "predictor": o.predictor,
+             "distill_head": o.distill_head, "momentum_backbone": method.momentum_backbone,
+             "momentum_projector": method.momentum_projector}
+    assert all(part is not None for part in parts.values())
+
+    def synced(m):
+        return isinstance(m, nn.SyncBatchNorm) or (isinstance(m, slim.SlimBatchNorm) and m.sync)
+    bns = [m for m in method.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and all(synced(m) for m in bns)                 # no plain BatchNorm anywhere
+    for name, part in parts.items():
+        assert any(synced(m) for m in part.modules()), name
+    assert count == len(bns)
     assert [id(p) for p in method.parameters()] == params

@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pretrain.checkpoint import atomic_write  # noqa: E402
+from pretrain.safe_io import atomic_write  # noqa: E402
 from transfer.detection import metrics  # noqa: E402
 
 ARCH_LABEL = {"resnet50": "R-50", "resnet18": "R-18"}

@@ -8,12 +8,17 @@
 
 Overrides are ``section.key=value`` (YAML values). The resolved config, the checkpoint
 (``checkpoint.pth``) and CSV/TensorBoard logs go to ``output.dir``. ``--resume`` continues from
-``output.dir/checkpoint.pth`` (or the path given). Bad input: one line on stderr, exit status 2.
+``output.dir/checkpoint.pth`` (or the path given), on any number of processes (the data order
+is the same; see pretrain/engine.py). ``--stop-after N`` ends after iteration N with a checkpoint
+(e.g. a cluster time slot). Bad input: one line on stderr, exit status 2; under torchrun a config
+error is printed once, by rank 0, and every rank exits 2.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DEFAULT_CONFIG = ROOT / "configs" / "pretrain" / "demo.yaml"
+RANK0_GRACE_S = 1.0  # seconds a rank > 0 waits before exiting on a config error (see main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,9 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                         help="continue a run (default: OUTPUT_DIR/checkpoint.pth)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--stop-after", type=int, default=None, metavar="ITER",
+                        help="stop after iteration ITER with a checkpoint (continue with --resume)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. data.batch_size=64 method.table7_case=1")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after {args.stop_after}: give an iteration >= 1")
 
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
@@ -48,14 +58,26 @@ def main(argv: list[str] | None = None) -> int:
                 else Path(args.resume)
         from pretrain.engine import Trainer
         trainer = Trainer(cfg, resume=resume, progress=not args.no_progress)
-        summary = trainer.train()
+        summary = trainer.train(stop_after=args.stop_after)
     except (ConfigError, DataError, CheckpointError, CollapseError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0"))
+        # Every rank reads the same config: its error is printed once. Other errors (a file one
+        # machine cannot read) may be rank-specific: each rank says so, naming itself.
+        if isinstance(err, ConfigError):
+            if rank == 0:
+                print(f"error: {err}", file=sys.stderr)
+            else:  # torchrun stops the other ranks once one exits: let rank 0 print first
+                time.sleep(RANK0_GRACE_S)
+        else:
+            where = f"rank {rank}: " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+            print(f"error: {where}{err}", file=sys.stderr)
         return 2
     if summary["checkpoint"]:
         last = "" if summary["last_loss"] is None else f", last loss {summary['last_loss']:.4f}"
-        print(f"done: {summary['iteration']}/{summary['total']} iterations{last}; checkpoint "
-              f"{summary['checkpoint']}")
+        stopped = summary["iteration"] < summary["total"]
+        print(f"{'stopped' if stopped else 'done'}: {summary['iteration']}/{summary['total']} "
+              f"iterations{last}; checkpoint {summary['checkpoint']}"
+              + (" (continue with --resume)" if stopped else ""))
         if summary["collapsed_at"] is not None:
             print(f"warning: embeddings collapsed at iteration {summary['collapsed_at']}")
     return 0

@@ -143,9 +143,13 @@ def torchrun_worker(fn, args) -> int:
     except BaseException:
         dist.destroy_process_group()  # no barrier: the other ranks may be inside a collective
         raise
-    comm.synchronize()  # every rank waits for rank 0's metrics.json, then leaves the group
-    dist.destroy_process_group()
-    return code
+    comm.synchronize()  # every rank waits for rank 0's metrics.json, then exits at once:
+    # tearing down a process that holds a gloo group and a DDP model can abort in a C++
+    # destructor after the work is done (seen with MMDetection's runs; tools/train_mmdet.py)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def parse_args(argv=None):

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 
 @dataclass

@@ -79,9 +79,11 @@ test_evaluator = [
 
 # 24k iterations at lr 0.02 (batch 16), 100-iteration linear warm-up from 0.001x, x0.1 at 18k and
 # 22k (MoCo's pascal_voc_R_50_C4_24k, mmselfsup's ms-24k), instead of 4 epochs x 3 at lr 0.01.
+# mmengine's LinearLR reaches the full lr at step end - 1: end=101 is detectron2's WARMUP_ITERS 100
+# to the iteration (same factor at every step).
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=24000)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=100),
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=101),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=24000, milestones=[18000, 22000],
          gamma=0.1),
 ]

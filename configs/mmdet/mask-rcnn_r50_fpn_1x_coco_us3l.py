@@ -61,7 +61,8 @@ test_evaluator = [
 # iterations, with a 500-iteration warm-up).
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=90000)
 param_scheduler = [
-    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1000),
+    # full lr at step end - 1 = 1000, as detectron2's WARMUP_ITERS 1000 (see the VOC config)
+    dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=1001),
     dict(type='MultiStepLR', by_epoch=False, begin=0, end=90000, milestones=[60000, 80000],
          gamma=0.1),
 ]

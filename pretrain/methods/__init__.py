@@ -21,6 +21,20 @@ PRESETS = {
 }
 _CHOICES = {"base_loss": ("mse", "infonce"), "distill_loss": ("none", "mse", "infonce")}
 
+# method.gather_negatives when left null: do the InfoNCE-type losses take their negatives/targets
+# from every process? What each method's reference code does:
+# - us3l, simclr and every Table 7 case: no. The official US3L CNN code computes InfoNCE on the
+#   local batch (megvii-research/US3L-CVPR2023, losses/criterions/InfoNCEv2.py, nt_xentv2, and
+#   InfoNCEv2_distill.py / InfoNCEv2MSE_distill.py for the distillation losses). (SimCLR's own TF
+#   code gathers across TPU cores; set true to follow it.) Its ViT code does gather: the ViT
+#   configs (configs/pretrain/_cifar10_vit.yaml) set true.
+# - mocov3: yes. MoCo v3's contrastive_loss gathers the keys with concat_all_gather
+#   (facebookresearch/moco-v3 moco/builder.py; the same in US3L's ViT_experiments/moco/builder.py).
+# - mocov2: no. MoCo v2's negatives are the queue; the keys are gathered only to be enqueued
+#   (facebookresearch/moco moco/builder.py), which methods/us3l.py's enqueue does regardless.
+# - simsiam, byol: no negatives (negative cosine); the switch has no effect.
+GATHER_NEGATIVES = {"mocov3": True}
+
 
 def resolve_method(m: dict) -> dict:
     """The ``method`` section with every switch filled and checked (raises ConfigError)."""
@@ -50,6 +64,12 @@ def resolve_method(m: dict) -> dict:
     if m["distill_loss"] == "none" and (m["momentum_sub"] or m["aux_distill_head"]):
         raise ConfigError("method.distill_loss=none (sub-networks use the base loss) cannot take "
                           "momentum_sub or aux_distill_head; set them false or pick a distill loss")
+    if m.get("gather_negatives") is None:
+        m["gather_negatives"] = (GATHER_NEGATIVES.get(m.get("name"), False)
+                                 if m.get("table7_case") is None else False)
+    if not isinstance(m["gather_negatives"], bool):
+        raise ConfigError(f"method.gather_negatives must be true or false, got "
+                          f"{m['gather_negatives']!r}")
     if m["predictor"] == "auto":
         m["predictor"] = m["base_loss"] == "mse"
     if not isinstance(m["predictor"], bool):

@@ -35,6 +35,10 @@ output s = g(z) with the auxiliary head, else q. Its target is the momentum enco
 target for sub-networks) or the base network's z, detached, of the OTHER view (Algorithm 1 line
 15). Symmetric losses are the mean of the two directions. The momentum encoder is an EMA of
 backbone + projector at the largest width, run in train mode (batch statistics).
+
+Under DDP, ``method.gather_negatives`` makes the InfoNCE-type losses (base and NCE distillation)
+contrast against every process's targets instead of the local batch (pretrain/losses.py; the
+default per method is in methods/__init__.py).
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrain import heads, losses, slim
+from pretrain import distributed, heads, losses, slim
 
 SWITCHES = ("base_loss", "distill_loss", "aux_distill_head", "momentum_base", "momentum_sub")
 _Y, _N = True, False
@@ -114,6 +118,7 @@ class US3L(nn.Module):
         if self.use_momentum:
             self.momentum_backbone = copy.deepcopy(backbone).requires_grad_(False)
             self.momentum_projector = copy.deepcopy(proj).requires_grad_(False)
+        self.gather = bool(m.get("gather_negatives"))  # cross-GPU negatives (losses.py)
         self.queue_size = int(m.get("queue_size") or 0)
         if self.queue_size:
             if not m["momentum_base"] or self.base != "infonce":
@@ -148,10 +153,10 @@ class US3L(nn.Module):
         if self.base == "mse":
             return 0.5 * (losses.negative_cosine(o1["q"], t2) + losses.negative_cosine(o2["q"], t1))
         if not use_k:
-            return losses.info_nce(o1["q"], o2["q"], self.tau)
+            return losses.info_nce(o1["q"], o2["q"], self.tau, gather=self.gather)
         queue = self.queue.clone() if self.queue is not None else None
-        return 0.5 * (losses.info_nce_target(o1["q"], k2, self.tau, queue)
-                      + losses.info_nce_target(o2["q"], k1, self.tau, queue))
+        return 0.5 * (losses.info_nce_target(o1["q"], k2, self.tau, queue, gather=self.gather)
+                      + losses.info_nce_target(o2["q"], k1, self.tau, queue, gather=self.gather))
 
     def sub_loss(self, s1: dict, s2: dict, t1, t2, k1=None, k2=None) -> torch.Tensor:
         """L_Distill of one sub-network (Algorithm 1 line 15), or its own base loss."""
@@ -159,8 +164,8 @@ class US3L(nn.Module):
             return self.base_loss(s1, s2, k1, k2)
         if self.distill == "mse":
             return 0.5 * (losses.mse_distill(s1["s"], t2) + losses.mse_distill(s2["s"], t1))
-        return 0.5 * (losses.nce_distill(s1["s"], t2, self.distill_tau)
-                      + losses.nce_distill(s2["s"], t1, self.distill_tau))
+        return 0.5 * (losses.nce_distill(s1["s"], t2, self.distill_tau, gather=self.gather)
+                      + losses.nce_distill(s2["s"], t1, self.distill_tau, gather=self.gather))
 
     # --- after the optimizer step -------------------------------------------------------------
     def momentum_at(self, iteration: int, total: int) -> float:
@@ -185,7 +190,7 @@ class US3L(nn.Module):
     def enqueue(self, keys: torch.Tensor) -> None:
         if self.queue is None:
             return
-        keys = F.normalize(_gather(keys.detach().float()), dim=1)
+        keys = F.normalize(distributed.concat_all_gather(keys.detach().float()), dim=1)
         n, ptr = len(keys), int(self.queue_ptr)
         idx = (torch.arange(n, device=keys.device) + ptr) % self.queue_size
         self.queue[idx] = keys[: self.queue_size]
@@ -213,12 +218,3 @@ class US3L(nn.Module):
                 raise KeyError(f"checkpoint lacks '{name}' which this method configuration uses")
             module.load_state_dict(state[name], strict=True)
 
-
-def _gather(t: torch.Tensor) -> torch.Tensor:
-    """All ranks' keys for the MoCo queue (the tensor itself when not distributed)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t)
-    return torch.cat(out)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 FILENAME = "run.json"
 KEYS = ("engine", "task", "arch", "width", "source_sha256")

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 SCHEMA = "us3l-detection-metrics/1"
 ENGINES = ("detectron2", "mmdet")

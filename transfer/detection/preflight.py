@@ -54,7 +54,27 @@ def read_export(export_dir: str | Path, engine: str) -> dict:
     if not weights.is_file():
         raise PreflightError(f"{weights} is missing; re-run tools/convert_width.py for this "
                              f"width (it writes {', '.join(EXPORT_FILES.values())})")
+    check_weights(engine, weights)
     return meta
+
+
+def check_weights(engine: str, weights: Path) -> None:
+    """The engine file holds plain data only, BEFORE the engine reads it: detectron2's
+    checkpointer unpickles a .pkl with plain ``pickle`` (code in it would run), mmengine's
+    loader would stop a hostile .pth only with a traceback."""
+    from pretrain import safe_io
+    try:
+        if engine == "detectron2":
+            state = safe_io.load_pickle(weights, "detectron2 export")
+            key = "model"
+        else:
+            state = safe_io.load_torch(weights, "mmdet export")
+            key = "state_dict"
+    except safe_io.UnsafeFileError as err:
+        raise PreflightError(str(err)) from None
+    if not isinstance(state, dict) or not isinstance(state.get(key), dict):
+        raise PreflightError(f"{weights} has no '{key}' dict: not an export of "
+                             f"tools/convert_width.py; re-run it for this width")
 
 
 def arch_of(meta: dict) -> str:

@@ -12,7 +12,6 @@ SyncBN by what stands for it (BN on one process, naiveSyncBN on several CPU proc
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch
 import transfer.detectron2.compat  # noqa: F401  (before detectron2)
 from detectron2.config import CfgNode, get_cfg
 
+from pretrain import safe_io
 from pretrain.device import default_device
 from transfer.detection import protocol
 from transfer.detectron2.backbone import add_us3l_config, apply_us3l_backbone
@@ -162,10 +162,8 @@ def check_backbone_loaded(model: torch.nn.Module, weights: str | Path) -> int:
     """Every backbone tensor of ``model`` equals the export's (detectron2 only WARNS on a shape
     mismatch and skips the layer, so "it loaded" proves nothing). Returns the number checked.
 
-    ``weights`` is the detectron2.pkl the project's converter wrote (a pickle by detectron2's
-    design; never point this at a file from elsewhere)."""
-    with open(weights, "rb") as fh:
-        exported = pickle.load(fh)["model"]
+    ``weights`` is read with the restricted unpickler (plain data and arrays only)."""
+    exported = safe_io.load_pickle(weights, "detectron2 export")["model"]
     model = getattr(model, "module", model)
     bottom_up = model.backbone.bottom_up if hasattr(model.backbone, "bottom_up") else model.backbone
     state = {k: v for k, v in bottom_up.state_dict().items() if not k.endswith("num_batches_tracked")}

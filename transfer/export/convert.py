@@ -24,8 +24,10 @@ import torch
 
 from pretrain import slim
 from pretrain.device import default_device
-from pretrain.checkpoint import (CheckpointError, atomic_write, file_sha256, load_backbone,
-                                 load_checkpoint, model_config, width_range)
+from pretrain.checkpoint import (CheckpointError, file_sha256, load_backbone, load_checkpoint,
+                                 model_config, width_range)
+from pretrain import safe_io
+from pretrain.safe_io import atomic_write
 from transfer.export import (bn_calibration, calib_data, detectron2_export, macs, meta as meta_mod,
                              mmdet_export, torchvision_export, verify)
 
@@ -204,7 +206,10 @@ def convert_width(plan: Plan, width: float, x: torch.Tensor, show_renames: bool)
 
     plan.out.mkdir(parents=True, exist_ok=True)
     final = plan.out / folder_name(width)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=plan.out))
+    # a killed earlier run's half-written .w0.50.*.tmp/ (and swapped-out old folder): ours to remove
+    safe_io.remove_stale(plan.out, final.name)
+    tmp = Path(tempfile.mkdtemp(prefix=safe_io.temp_prefix(final.name), suffix=safe_io.TEMP_SUFFIX,
+                                dir=plan.out))
     try:
         files = {}
         meta = {
@@ -279,7 +284,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an older ``final`` is swapped out first, then removed."""
     old = None
     if final.exists():
-        old = final.with_name(f".{final.name}.old-{time.time_ns()}")
+        old = final.with_name(f".{final.name}.old-{time.time_ns()}{safe_io.TEMP_SUFFIX}")
         final.rename(old)
     tmp.rename(final)
     if old is not None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 FILENAME = "detectron2.pkl"
 AUTHOR = "us3l"

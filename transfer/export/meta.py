@@ -9,7 +9,7 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 META_NAME = "meta.json"
 META_VERSION = 1

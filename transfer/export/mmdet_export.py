@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 FILENAME = "mmdet.pth"
 PREFIX = "backbone."

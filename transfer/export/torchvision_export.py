@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 
 FILENAME = "torchvision.pth"
 _NOT_BACKBONE = ("fc.", "head.", "projector.", "predictor.", "distill", "momentum")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pretrain import slim
+from pretrain import safe_io, slim
 
 TOLERANCE = 1e-5
 
@@ -178,8 +178,7 @@ def _verify_torchvision_models(state: dict, arch: str, x: torch.Tensor, refs) ->
 def verify_detectron2(path: Path, meta_path: Path, x: torch.Tensor, refs) -> Result:
     """Load with detectron2's DetectionCheckpointer (matching heuristics, as training does) into
     the us3l FPN backbone built from meta.json; the bottom-up ResNet must take every key."""
-    import pickle
-
+    
     import transfer.detectron2.compat  # noqa: F401
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_backbone
@@ -199,8 +198,7 @@ def verify_detectron2(path: Path, meta_path: Path, x: torch.Tensor, refs) -> Res
     loggers = [logging.getLogger("detectron2"), logging.getLogger("fvcore")]
     with capture_logs(*loggers) as records:
         Checkpointer(backbone, save_to_disk=False).load(str(path))
-    with open(path, "rb") as fh:  # the file this run has just written (design.md: untrusted files)
-        expected = pickle.load(fh)["model"]
+    expected = safe_io.load_pickle(path, "detectron2 export")["model"]
     prefix = "bottom_up."
     problems = []
     inc = captured.get("incompatible")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from pretrain import checkpoint as ckpt_lib
-from pretrain import slim
+from pretrain import safe_io, slim
 from pretrain.models import backbone_twin, build_backbone
 from transfer.export import bn_calibration, calib_data, macs
 from transfer.export import meta as meta_mod
@@ -109,7 +109,8 @@ class ExportSource:
             raise SourceError(f"export folder {self.path} does not exist; pass the --out folder "
                               f"of tools/convert_width.py (DIR/w0.50/{{torchvision.pth,meta.json}})")
         self.by_width: dict[float, tuple[Path, dict]] = {}
-        for meta_path in sorted(self.path.glob(f"*/{meta_mod.META_NAME}")):
+        # published folders only: a killed converter's .w0.50.*.tmp/ is never read
+        for meta_path in safe_io.published(sorted(self.path.glob(f"*/{meta_mod.META_NAME}"))):
             try:
                 meta = meta_mod.read_meta(meta_path)
                 width = float(meta["width"])
@@ -151,8 +152,10 @@ class ExportSource:
         _, meta = self.by_width[self.check_width(width)]
         model = build_backbone(_model_cfg(meta), width=float(meta["width"]))
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = safe_io.load_torch(path, "torchvision export")
             model.load_state_dict(state, strict=True)
+        except safe_io.UnsafeFileError as err:
+            raise SourceError(str(err)) from None
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise SourceError(f"{path} does not load into {_model_cfg(meta).get('arch')} at "

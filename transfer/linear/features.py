@@ -18,7 +18,8 @@ import torch.nn as nn
 import torchvision.transforms as T
 from torch.utils.data import DataLoader, Dataset
 
-from pretrain.checkpoint import atomic_write
+from pretrain import safe_io
+from pretrain.safe_io import atomic_write
 from transfer import datasets as D
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -57,8 +58,8 @@ class FeatureCache:
         if not path.is_file():
             return None
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # unreadable (e.g. a foreign file): treat as a miss, it gets rewritten
+            blob = safe_io.load_torch(path, "feature cache")
+        except safe_io.UnsafeFileError:  # unreadable or foreign: a miss, it gets rewritten
             return None
         if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT \
                 or blob.get("key") != json.loads(json.dumps(key, sort_keys=True)):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.checkpoint import atomic_write
+from pretrain.safe_io import atomic_write
 from transfer import datasets as D
 from transfer.linear import lbfgs, sgd, splits
 from transfer.linear.backbones import CheckpointSource, ExportSource

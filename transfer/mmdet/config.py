@@ -20,6 +20,7 @@ import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
 
+from pretrain import safe_io
 from pretrain.device import default_device
 from transfer.detection import protocol
 from transfer.export.meta import detector_plan, read_meta
@@ -110,7 +111,8 @@ def short_schedule(cfg: Config, max_iters: int) -> None:
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters)
     warmup = max(1, min(100, max_iters // 4))
     cfg.param_scheduler = [
-        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup),
+        # mmengine's LinearLR reaches the full lr at step end - 1 (detectron2's at WARMUP_ITERS)
+        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=warmup + 1),
         dict(type="MultiStepLR", by_epoch=False, begin=0, end=max_iters,
              milestones=[max(warmup + 1, max_iters * 3 // 4)], gamma=0.1)]
     cfg.default_hooks.checkpoint = dict(type="CheckpointHook", by_epoch=False, interval=max_iters)
@@ -235,7 +237,7 @@ def describe(cfg: Config, world_size: int) -> dict:
         "per_process_batch": per_process, "accumulation": accumulation,
         "lr": float(cfg.optim_wrapper.optimizer.lr),
         "iterations": iterations if iterations is not None else f"{loop.get('max_epochs')} epochs",
-        "warmup_iters": int(warmup["end"]) if warmup else 0,
+        "warmup_iters": int(warmup["end"]) - 1 if warmup else 0,  # full lr at step end - 1
         "warmup_factor": float(warmup["start_factor"]) if warmup else 1.0,
         "steps": [int(m) for m in steps["milestones"]] if steps else [],
         "train_short_sides": train_sides, "train_max_size": train_max,
@@ -250,7 +252,7 @@ def describe(cfg: Config, world_size: int) -> dict:
 
 def check_backbone_loaded(model: torch.nn.Module, weights: str | Path) -> int:
     """Every backbone tensor of ``model`` equals the export's; returns the number checked."""
-    exported = torch.load(weights, map_location="cpu", weights_only=True)["state_dict"]
+    exported = safe_io.load_torch(weights, "mmdet export")["state_dict"]
     exported = {k[len(PREFIX):]: v for k, v in exported.items() if k.startswith(PREFIX)}
     model = getattr(model, "module", model)
     state = {k: v for k, v in model.backbone.state_dict().items()

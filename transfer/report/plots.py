@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pretrain.checkpoint import atomic_write  # noqa: E402
+from pretrain.safe_io import atomic_write  # noqa: E402
 from transfer.report.tables import SHORT  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pretrain.checkpoint import atomic_write  # noqa: E402
+from pretrain.safe_io import atomic_write  # noqa: E402
 from transfer.report.tables import SHORT, human  # noqa: E402
 
 
