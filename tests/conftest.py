@@ -36,9 +36,9 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-# The two longest files first: with `pytest -n 2 --dist loadfile` (make test) each starts on its
-# own worker at once and the short files fill in around them.
-_FIRST = ("test_pipeline.py", "test_detection.py")
+# The longest files first: with `pytest -n 2 --dist loadfile` (make test) the two longest start on
+# their own workers at once, the next two follow, and the short files fill in around them.
+_FIRST = ("test_pipeline.py", "test_detection.py", "test_pretrain_ddp.py", "test_pretrain_engine.py")
 
 
 def pytest_collection_modifyitems(config, items):
