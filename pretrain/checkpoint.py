@@ -9,23 +9,30 @@ Format (loadable with ``torch.load(weights_only=True)``: tensors, numbers, strin
       "state": {"backbone": state_dict, "projector": ..., "predictor": ..., "distill_head": ...,
                 "momentum_backbone": ..., "momentum_projector": ...},   # absent parts omitted
       "train_state": {...optimizer, scheduler, scaler, ema, epoch, iteration, rng...},
+      "history": [{"iteration": N, "changes": [{"key": ..., "old": ..., "new": ...}]}, ...],
       "versions": {"torch": ..., "us3l": ...},
     }
 
-``save_checkpoint`` writes atomically (temp file + rename); ``load_checkpoint`` turns every way a
-file can be wrong into one ``CheckpointError`` line that names the problem.
+``history`` records each ``--resume-changed`` continuation: the iteration it resumed at and the
+config keys that changed there (absent or empty when the run never changed its meaning).
+
+``save_checkpoint`` writes atomically (temp file + rename) and refuses weights holding NaN/Inf
+(a diverged run must not replace its last good checkpoint); ``load_checkpoint`` turns every way a
+file can be wrong into one ``CheckpointError`` line that names the problem, NaN/Inf weights
+included.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pretrain import slim
-from pretrain.safe_io import atomic_write
+from pretrain.safe_io import atomic_write, non_finite
 
 FORMAT = "us3l-checkpoint"
 FORMAT_VERSION = 1
@@ -37,29 +44,58 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: str | os.PathLike, *, config: dict, state: dict[str, dict],
                     train_state: dict | None = None,
-                    width_range: tuple[float, float] = (slim.MIN_WIDTH, slim.MAX_WIDTH)) -> Path:
+                    width_range: tuple[float, float] = (slim.MIN_WIDTH, slim.MAX_WIDTH),
+                    history: list | None = None, source: dict | None = None) -> Path:
+    """Write the checkpoint atomically; ``NonFiniteWeights`` (nothing written) when a weight
+    holds NaN or Inf. ``source``: where an imported checkpoint came from
+    (tools/import_checkpoint.py; the converter copies it into meta.json)."""
     import pretrain
+    state = {k: v for k, v in state.items() if v is not None}
+    bad = non_finite(state)
+    if bad:
+        raise NonFiniteWeights(f"weights hold NaN or Inf in {len(bad)} tensor(s) (first: "
+                               f"{bad[0]}); not saved to {path}", bad)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": config,
         "width_rule": slim.WIDTH_RULE,
         "width_range": [float(width_range[0]), float(width_range[1])],
-        "state": {k: v for k, v in state.items() if v is not None},
+        "state": state,
         "train_state": train_state or {},
+        "history": list(history or []),
         "versions": {"torch": str(torch.__version__), "us3l": pretrain.__version__},
     }
+    if source is not None:
+        payload["source"] = source
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+class NonFiniteWeights(ValueError):
+    """Weights to be saved hold NaN/Inf (``names``: the tensors); nothing was written."""
+
+    def __init__(self, message: str, names: list[str]):
+        super().__init__(message)
+        self.names = names
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint at ``path``, loaded without running anything from it (weights_only) and
+    checked: format tag and version, backbone weights and model config present, every weight
+    finite. Any failure is one ``CheckpointError`` line."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the .pth written by "
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}; pass the .pth written by "
                               f"tools/pretrain.py")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or holds pickled objects
+    except pickle.UnpicklingError as err:  # pickled objects: refused before anything ran
+        first = " ".join(str(err).split())[:120] or type(err).__name__
+        raise CheckpointError(f"{path} is not a readable US3L checkpoint: it holds more than "
+                              f"tensors and plain containers (refused, nothing from it ran: "
+                              f"{first}); pass the .pth written by tools/pretrain.py") from None
+    except Exception as err:  # truncated, not a torch file, unreadable
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} is not a readable US3L checkpoint ({first[:160]}); "
                               f"pass the .pth written by tools/pretrain.py") from None
@@ -69,8 +105,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if ckpt.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {ckpt.get('format_version')}"
                               f", this us3l reads version {FORMAT_VERSION}")
-    if "backbone" not in ckpt.get("state", {}) or "model" not in ckpt.get("config", {}):
+    state, config = ckpt.get("state"), ckpt.get("config")
+    if not isinstance(state, dict) or not isinstance(state.get("backbone"), dict) or \
+            not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise CheckpointError(f"{path} lacks the backbone weights or the model config")
+    for name, part in state.items():
+        if not isinstance(part, dict) or \
+                not all(isinstance(v, torch.Tensor) for v in part.values()):
+            raise CheckpointError(f"{path}: state part '{name}' is not a mapping of tensors; "
+                                  f"pass the .pth written by tools/pretrain.py")
+    bad = non_finite(state)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds NaN or Inf in {len(bad)} tensor(s) "
+                              f"(first: {bad[0]}): the run that wrote it diverged; use an earlier "
+                              f"checkpoint or retrain with a lower optim.lr")
     return ckpt
 
 
@@ -92,19 +140,46 @@ def load_backbone(ckpt: dict, width: float | None = None) -> torch.nn.Module:
     cfg = model_config(ckpt)
     try:
         model = build_backbone(cfg)
-    except ValueError as err:
-        raise CheckpointError(f"checkpoint names an unusable model: {err}") from None
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint names an unusable model {cfg!r}: {err}") from None
+    bad = non_finite(ckpt["state"]["backbone"])
+    if bad:  # a checkpoint dict built in memory (load_checkpoint checked the file's)
+        raise CheckpointError(f"checkpoint holds NaN or Inf in {len(bad)} backbone tensor(s) "
+                              f"(first: {bad[0]}): the run that wrote it diverged; use an earlier "
+                              f"checkpoint")
+    mismatch = state_mismatch(model.state_dict(), ckpt["state"]["backbone"])
+    if mismatch:
+        raise CheckpointError(f"checkpoint weights do not match architecture {cfg.get('arch')!r}"
+                              f" that its config names ({mismatch}); the file was altered or "
+                              f"mixed from two runs")
     try:
         model.load_state_dict(ckpt["state"]["backbone"], strict=True)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint weights do not match architecture {cfg.get('arch')!r}"
-                              f" ({first[:160]})") from None
+                              f" ({' '.join(str(err).split())[:160]})") from None
     if width is not None:
         low, high = width_range(ckpt)
         slim.check_width(width, low, high)
         return backbone_twin(model, cfg, width)
     return model
+
+
+def state_mismatch(expected: dict, given: dict) -> str:
+    """'' when ``given`` has exactly ``expected``'s keys and shapes, else a one-line summary."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [k for k in expected if k in given and hasattr(given[k], "shape")
+              and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of another shape, e.g. {k} {tuple(given[k].shape)} vs "
+                     f"{tuple(expected[k].shape)}")
+    return "; ".join(parts)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -2,8 +2,11 @@
 
 A config file only states what differs from ``DEFAULTS`` (or from its ``_base_`` files, merged in
 order, paths relative to the file). Overrides ``a.b=value`` are parsed as YAML scalars/lists.
-Unknown keys are errors (a typo must not silently train the wrong model). The resolved config is
-what the checkpoint stores and what ``save_resolved`` writes next to the outputs.
+Unknown keys are errors (a typo must not silently train the wrong model). Every value is checked
+against its typed rule (pretrain/schema.py: type, range, finiteness, choices, null) when the config
+is resolved, so a wrong value is one ``ConfigError`` line before anything is built or written. The
+resolved config is what the checkpoint stores and what ``save_resolved`` writes next to the
+outputs.
 """
 from __future__ import annotations
 
@@ -119,7 +122,7 @@ def deep_merge(base: dict, update: dict, path: str = "") -> dict:
             raise ConfigError(f"unknown config key '{where}'; known keys here: {known}")
         if isinstance(out[key], dict) and isinstance(value, dict):
             out[key] = deep_merge(out[key], value, where + ".")
-        elif isinstance(out[key], dict) and value is not None:
+        elif isinstance(out[key], dict):
             raise ConfigError(f"config key '{where}' is a section; give its sub-keys "
                               f"({', '.join(sorted(out[key]))})")
         else:
@@ -146,15 +149,24 @@ def read_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     if path in _seen:
         raise ConfigError(f"config {path} inherits from itself via _base_")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass one of configs/pretrain/*.yaml")
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {what}; pass one of configs/pretrain/*.yaml")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else \
+            "not UTF-8 text"
+        raise ConfigError(f"config {path} cannot be read ({reason}); pass a readable YAML "
+                          f"file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must hold a mapping of keys, got {type(data).__name__}")
     bases = data.pop("_base_", [])
-    bases = [bases] if isinstance(bases, str) else list(bases)
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"config {path}: _base_ must be a file name or a list of file names, "
+                          f"got {bases!r}")
     merged: dict = {}
     for base in bases:
         merged = _merge_files(read_yaml(path.parent / base, _seen + (path,)), merged)
@@ -193,33 +205,42 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
 
 
 def resolve(cfg: dict) -> dict:
-    """Fill derived values (method switches from Table 7 / presets) and check value ranges."""
+    """Check every value against its rule (pretrain/schema.py), fill derived values (method
+    switches from Table 7 / presets, a fixed width) and check the relations between keys."""
+    from pretrain import schema
     from pretrain.methods import resolve_method
-    cfg = copy.deepcopy(cfg)
+    cfg = schema.validate(cfg)
     cfg["method"] = resolve_method(cfg["method"])
     s = cfg["sampling"]
     if s["fixed_width"] is not None:
         s["min_width"] = s["max_width"] = float(s["fixed_width"])
-    from pretrain import slim
-    for key in ("min_width", "max_width"):
-        try:
-            s[key] = slim.check_width(s[key])
-        except ValueError as err:
-            raise ConfigError(f"sampling.{key}: {err}") from None
     if s["min_width"] > s["max_width"]:
         raise ConfigError(f"sampling.min_width {s['min_width']} exceeds sampling.max_width "
-                          f"{s['max_width']}")
-    if int(s["num_random"]) < 0:
-        raise ConfigError("sampling.num_random must be >= 0")
-    if cfg["data"]["batch_size"] < 2:
-        raise ConfigError("data.batch_size must be at least 2 (contrastive losses need negatives)")
-    choices = {("optim", "name"): ("sgd", "lars", "adamw"),
-               ("regularization", "type"): ("group", "none"),
-               ("data", "name"): ("synthetic", "cifar10", "cifar100", "folder"),
-               ("data", "augment"): ("cifar", "imagenet")}
-    for (sec, key), allowed in choices.items():
-        if cfg[sec][key] not in allowed:
-            raise ConfigError(f"{sec}.{key}={cfg[sec][key]!r} is not one of {list(allowed)}")
+                          f"{s['max_width']}; give min_width <= max_width")
+    o = cfg["optim"]
+    if not o["scale_lr"] and o["min_lr"] > o["lr"]:
+        raise ConfigError(f"optim.min_lr={o['min_lr']:g} exceeds optim.lr={o['lr']:g}: the "
+                          f"cosine schedule would raise the lr; give min_lr <= lr")
+    r = cfg["regularization"]
+    if r["type"] == "group" and r["alpha"] * (r["groups"] - 1) > 1:
+        raise ConfigError(f"regularization.alpha={r['alpha']:g} with groups={r['groups']} gives "
+                          f"the last groups a negative L2 coefficient (1 - group * alpha < 0); "
+                          f"give alpha <= {1 / (r['groups'] - 1):.4g}")
+    import inspect
+
+    from pretrain.models import _BUILDERS
+    model, image = cfg["model"], cfg["data"]["image_size"]
+    params = inspect.signature(_BUILDERS[model["arch"]]).parameters
+    if "image_size" in params:  # a ViT: its patch grid is fixed by its image size
+        size = model.get("image_size", params["image_size"].default)
+        patch = model.get("patch_size", params["patch_size"].default
+                          if "patch_size" in params else 1)
+        if size != image:
+            raise ConfigError(f"model.image_size={size} differs from data.image_size={image}; "
+                              f"{model['arch']} takes the images the data gives: set both alike")
+        if size % patch:
+            raise ConfigError(f"model.patch_size={patch} does not divide model.image_size={size}; "
+                              f"pick a patch size that divides it")
     return cfg
 
 

@@ -5,7 +5,11 @@ Determinism (for exact resume): the order of an epoch is a permutation seeded by
 the augmentations of sample i in epoch e run under a torch RNG seeded by (seed, epoch, i), so a
 batch is the same whether the run was interrupted or not and whatever the number of workers.
 Real data is read through torchvision's own classes with ``download=False``; a missing or
-corrupted dataset is one ``DataError`` line naming the layout expected under ROOT.
+corrupted dataset is one ``DataError`` line naming the layout expected under ROOT. An image
+folder is checked before training (every file's header opened, up to ``PRECHECK_MAX`` images),
+and an image that fails to decode later (a truncated file, a larger set) stops the run with one
+``DataError`` line naming the file, also from inside a DataLoader worker (whose re-raised
+exception would otherwise carry the worker's whole traceback).
 """
 from __future__ import annotations
 
@@ -28,8 +32,66 @@ LAYOUTS = {
 }
 
 
+PRECHECK_MAX = 200_000  # image folders up to this size have every file's header checked up front
+
+
+def _from_worker(message: str) -> str:
+    """A ``DataError`` raised in a DataLoader worker is re-created in the main process from
+    "Caught DataError in DataLoader worker process N.\nOriginal Traceback ...\n
+    pretrain.data.DataError: MESSAGE": keep MESSAGE, one line."""
+    if "Original Traceback" in message:
+        for line in reversed(message.strip().splitlines()):
+            if "DataError: " in line:
+                return line.split("DataError: ", 1)[1].strip()
+    return message
+
+
 class DataError(RuntimeError):
     """A dataset that cannot be read (the message is one line for the user)."""
+
+    def __init__(self, message: object = ""):
+        super().__init__(_from_worker(str(message)))
+
+
+def _item_path(base: Dataset, i: int) -> str | None:
+    samples = getattr(base, "samples", None)
+    try:
+        return str(samples[i][0]) if samples is not None else None
+    except (IndexError, TypeError):
+        return None
+
+
+def read_item(base: Dataset, i: int):
+    """``base[i]``; a file that cannot be read or decoded is one ``DataError`` naming it."""
+    try:
+        return base[i]
+    except DataError:
+        raise
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError ... on corrupt files
+        path = _item_path(base, i)
+        if path is None:
+            raise
+        reason = " ".join(str(err).split())[:100] or type(err).__name__
+        raise DataError(f"image {path} cannot be read ({reason}); remove or replace the file") \
+            from None
+
+
+def check_images(dataset: Dataset, limit: int | None = None) -> None:
+    """Open every image's header (``PIL.Image.verify``) of an image folder with at most ``limit``
+    (default ``PRECHECK_MAX``) images: a file that is not an image is one ``DataError`` naming
+    it, before any output."""
+    samples = getattr(dataset, "samples", None)
+    if not samples or len(samples) > (PRECHECK_MAX if limit is None else limit):
+        return
+    from PIL import Image
+    for path, _ in samples:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as err:  # UnidentifiedImageError, OSError, SyntaxError ...
+            reason = " ".join(str(err).split())[:100] or type(err).__name__
+            raise DataError(f"image {path} cannot be read ({reason}); remove or replace the "
+                            f"file") from None
 
 
 # --- the built-in synthetic set -------------------------------------------------------------------
@@ -120,10 +182,12 @@ def image_folder(root: str, split: str) -> Dataset | None:
     if folder is None:
         return None
     try:
-        return tvd.ImageFolder(str(folder))
-    except (FileNotFoundError, RuntimeError) as err:
+        dataset = tvd.ImageFolder(str(folder))
+    except (OSError, RuntimeError) as err:
         raise DataError(f"image folder {folder} is unusable ({str(err).splitlines()[0][:80]}): "
                         f"expected {LAYOUTS['folder']}") from None
+    check_images(dataset)
+    return dataset
 
 
 def build_datasets(data: dict) -> tuple[Dataset, Dataset | None]:
@@ -189,7 +253,7 @@ class TwoViews(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int):
-        image, label = self.base[i]
+        image, label = read_item(self.base, i)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
             return self.transform(image), self.transform(image), label
@@ -205,7 +269,7 @@ class Transformed(Dataset):
         return len(self.base)
 
     def __getitem__(self, i: int):
-        image, label = self.base[i]
+        image, label = read_item(self.base, i)
         return self.transform(image), label
 
 

@@ -22,6 +22,25 @@ rank shares. So the run continues with the same global batches and widths it wou
 changes with M is only what depends on the split: per-process BatchNorm statistics when BN is not
 synchronised (CPU), and the negatives of InfoNCE losses when ``method.gather_negatives`` is off.
 ``data.batch_size`` is the global batch and must be divisible by M.
+
+Resume checks what it resumes: the checkpoint's config is compared key by key with the new one;
+a change in a section that alters what the run means (``RESUME_SECTIONS``: seed, data except
+``data.num_workers``, model, method, heads, sampling, regularization, optim, schedule) refuses
+with one line listing the changes, unless ``resume_changed`` (``--resume-changed``) is given:
+then the run continues and ``{iteration, changes}`` is appended to the checkpoint's ``history``.
+A checkpoint without its training state or RNG state, or whose weights do not fit the model its
+config names, is one ``CheckpointError`` line.
+
+Divergence: every iteration checks its losses (each width's and the regularizer's) before the
+optimizer step, and every save checks the weights; a NaN or Inf stops the run with
+``DivergedError`` (one line naming the iteration and the width; tools/pretrain.py exits 3) before
+anything is stepped or saved, so the last good checkpoint stays as it was. Under DDP the ranks
+agree on the verdict (a max all-reduce of per-width flags), so every rank stops at the same point
+and none waits in a collective the others left.
+
+Nothing is written before every input has been checked: the output folder, ``config.yaml``, the
+logs and ``tb/`` are created by ``train()``, after the config, the data and the resume checkpoint
+passed (``Trainer.__init__`` only reads).
 """
 from __future__ import annotations
 
@@ -30,6 +49,7 @@ import inspect
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +62,7 @@ from torch.utils.data import DataLoader
 from pretrain import checkpoint as ckpt_io
 from pretrain import data as data_mod
 from pretrain import distributed, slim
+from pretrain.cli import write_error
 from pretrain.config import ConfigError, save_resolved
 from pretrain.device import default_device
 from pretrain.losses import embedding_std
@@ -51,9 +72,30 @@ from pretrain.monitor import Monitor, knn_accuracy
 from pretrain.regularizers import build_regularizer
 from pretrain.sampling import widths_for_iteration
 
-# Sections that must match to resume a run (the rest -- output, monitor, checkpoint -- may change).
-RESUME_KEYS = ("seed", "model", "method", "heads", "sampling", "regularization", "optim",
-               "schedule")
+# Sections whose change alters what a resumed run means (the rest -- output, monitor, checkpoint,
+# amp, dist -- may change freely), and the keys inside them that do not.
+RESUME_SECTIONS = ("seed", "data", "model", "method", "heads", "sampling", "regularization",
+                   "optim", "schedule")
+RESUME_FREE = ("data.num_workers",)
+
+
+class DivergedError(RuntimeError):
+    """A non-finite loss or weight: the run stops before stepping or saving (exit 3)."""
+
+
+def check_output_dir(path: str | os.PathLike) -> None:
+    """``output.dir`` can be created and written: a ``ConfigError`` line naming the path when a
+    file stands where a folder must be, or the folder is not writable. Creates nothing."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == path else f"lies under {probe}, which is a file"
+        raise ConfigError(f"output.dir {path} {where}, not a folder; pass another output.dir")
+    if probe.exists() and not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"output.dir {path}: {probe} is not writable; pass an output.dir in a "
+                          f"folder you can write")
 
 
 class LARS(torch.optim.Optimizer):
@@ -175,32 +217,73 @@ def _set_pyrandom_state(rng: random.Random, state: list) -> None:
     rng.setstate((state[0], tuple(state[1]), state[2]))
 
 
-def _first_difference(a, b, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
+def _flatten(node, prefix: str, out: dict) -> dict:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _flatten(value, f"{prefix}{key}.", out)
+    else:
+        out[prefix.rstrip(".")] = node
+    return out
+
+
+def config_changes(old: dict, new: dict) -> list[dict]:
+    """``[{"key", "old", "new"}, ...]``: the keys of ``RESUME_SECTIONS`` (less ``RESUME_FREE``)
+    whose value differs between two resolved configs (a key only one has counts, as None)."""
+    changes = []
+    for section in RESUME_SECTIONS:
+        a = _flatten(old.get(section), section + ".", {})
+        b = _flatten(new.get(section), section + ".", {})
         for key in sorted(set(a) | set(b)):
-            diff = _first_difference(a.get(key), b.get(key), f"{path}{key}.")
-            if diff:
-                return diff
-        return None
-    return None if a == b else path.rstrip(".")
+            if key in RESUME_FREE or a.get(key) == b.get(key):
+                continue
+            changes.append({"key": key, "old": a.get(key), "new": b.get(key)})
+    return changes
+
+
+def _comparable(stored: dict) -> dict:
+    """A checkpoint's config as this version resolves it (keys added since take their defaults,
+    numbers written as strings become numbers), or as stored when it no longer resolves."""
+    import copy
+
+    from pretrain.config import DEFAULTS, deep_merge, resolve
+    stored = copy.deepcopy(stored)
+    method = stored.get("method")
+    if isinstance(method, dict) and "gather_negatives" not in method:
+        method["gather_negatives"] = False  # saved before the switch existed: local negatives
+    try:
+        return resolve(deep_merge(DEFAULTS, stored))
+    except (ConfigError, TypeError, ValueError, KeyError, AttributeError):
+        return stored
 
 
 class Trainer:
     """Builds everything from a resolved config; ``train()`` runs (or continues) the schedule."""
 
     def __init__(self, cfg: dict, resume: str | os.PathLike | None = None, progress: bool = True,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, resume_changed: bool = False):
+        """Builds and checks everything (config, data, resume checkpoint); writes nothing."""
         self.cfg, self.progress = cfg, progress
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         check_batch_split(int(cfg["data"]["batch_size"]), self.world)  # before any collective
+        self.out_dir = Path(cfg["output"]["dir"])
+        self.ckpt_path = self.out_dir / "checkpoint.pth"
+        check_output_dir(self.out_dir)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if device is None:
-            device = default_device(local_rank)
-        self.device = torch.device(device)
+        try:
+            if device is None:
+                device = default_device(local_rank)
+            self.device = torch.device(device)
+        except (RuntimeError, ValueError) as err:
+            raise ConfigError(str(err)) from None
         if self.device.type == "cuda" and self.device.index is None:  # set_device needs an index
             self.device = torch.device("cuda", local_rank)
         if self.device.type == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if self.device.index >= count:
+                raise ConfigError(f"device {self.device} asked for (US3L_DEVICE or LOCAL_RANK) but "
+                                  f"this machine has {count} usable GPU(s); set US3L_DEVICE=cpu "
+                                  f"or start fewer processes")
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
             backend = cfg["dist"]["backend"] or ("nccl" if self.device.type == "cuda" else "gloo")
@@ -209,8 +292,6 @@ class Trainer:
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
-        self.out_dir = Path(cfg["output"]["dir"])
-        self.ckpt_path = self.out_dir / "checkpoint.pth"
 
         # data
         d = cfg["data"]
@@ -263,8 +344,10 @@ class Trainer:
         self.width_rng = random.Random(seed)
         self.iteration = 0
         self.history: list[dict] = []
+        self.config_history: list[dict] = []   # the checkpoint's ``history`` (--resume-changed)
+        self.last_good: tuple[Path, int] | None = None  # (checkpoint, iteration) safe to go back to
         if resume is not None:
-            self._resume(resume)
+            self._resume(resume, resume_changed)
         self.ddp = None
         if self.world > 1:
             ddp = nn.parallel.DistributedDataParallel
@@ -275,6 +358,7 @@ class Trainer:
             # find_unused_parameters: the base forward leaves g unused, a student forward the predictor.
             self.ddp = ddp(o, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                            find_unused_parameters=True, **sync_kw)
+        # writes nothing until train() opens it
         self.monitor = Monitor(self.out_dir, cfg["monitor"], enabled=self.rank == 0)
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -292,47 +376,128 @@ class Trainer:
             state["moco_queue_ptr"] = int(self.method.queue_ptr)
         return state
 
+    def _any_rank(self, flags: list[float]) -> list[float]:
+        """Element-wise max of ``flags`` over the ranks (``flags`` itself in one process): every
+        rank reaches the same verdict, so none is left waiting in a collective."""
+        if not distributed.is_distributed():
+            return flags
+        t = torch.tensor(flags, dtype=torch.float32, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.tolist()
+
+    def check_weights(self) -> None:
+        """``DivergedError`` when any weight or buffer holds NaN/Inf (all ranks agree)."""
+        from pretrain.safe_io import non_finite
+        parts = {k: v for k, v in self.method.state_parts().items() if v is not None}
+        bad = non_finite(parts)
+        if self._any_rank([1.0 if bad else 0.0])[0]:
+            first = f" (first: {bad[0]})" if bad else " (on another rank)"
+            raise DivergedError(f"weights became NaN or Inf at iteration {self.iteration}"
+                                f"{first}")
+
     def save(self, path: str | os.PathLike | None = None) -> Path | None:
-        """Every rank calls it (the RNG states are gathered); rank 0 writes the file."""
+        """Every rank calls it (the RNG states are gathered); rank 0 writes the file. Weights
+        holding NaN/Inf are never saved (``DivergedError``; the previous file stays)."""
+        self.check_weights()
         train_state = self.train_state()
         if self.rank != 0:
+            self.last_good = (Path(path or self.ckpt_path), self.iteration)
             return None
         cpu = lambda sd: None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}  # noqa
         state = {k: cpu(v) for k, v in self.method.state_parts().items()}
         s = self.cfg["sampling"]
-        return ckpt_io.save_checkpoint(path or self.ckpt_path, config=self.cfg, state=state,
-                                       train_state=train_state,
-                                       width_range=(s["min_width"], s["max_width"]))
+        written = ckpt_io.save_checkpoint(path or self.ckpt_path, config=self.cfg, state=state,
+                                          train_state=train_state,
+                                          width_range=(s["min_width"], s["max_width"]),
+                                          history=self.config_history)
+        self.last_good = (written, self.iteration)
+        return written
 
-    def _resume(self, path) -> None:
+    def _apply_hyperparameters(self, groups: list[dict], base_lrs: list[float]) -> None:
+        """After loading an old run's optimizer/scheduler state: this config's hyperparameters
+        (lr, momentum, decay, betas ...) and schedule, at the resumed step of the new schedule."""
+        if len(groups) != len(self.optimizer.param_groups):
+            raise ValueError("the optimizer's parameter groups differ")
+        self.scheduler.base_lrs = list(base_lrs)
+        step = self.scheduler.last_epoch
+        for group, fresh, base, factor in zip(self.optimizer.param_groups, groups, base_lrs,
+                                              self.scheduler.lr_lambdas):
+            group.update({k: v for k, v in fresh.items() if k != "lr"})
+            group["lr"] = base * factor(step)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _resume(self, path, resume_changed: bool = False) -> None:
+        path = Path(path)
         ckpt = ckpt_io.load_checkpoint(path, map_location="cpu")
-        stored = ckpt["config"]
-        if "gather_negatives" not in stored.get("method", {}):  # saved before the switch existed:
-            stored = {**stored, "method": {**stored["method"], "gather_negatives": False}}  # local
-        for key in RESUME_KEYS:
-            diff = _first_difference(stored.get(key), self.cfg.get(key), key + ".")
-            if diff:
-                raise ConfigError(f"cannot resume {path}: config differs at '{diff}' "
-                                  f"({_get(stored, diff)!r} in the checkpoint, {_get(self.cfg, diff)!r}"
-                                  f" now); resume with the run's own config")
+        changes = config_changes(_comparable(ckpt["config"]), self.cfg)
         ts = ckpt.get("train_state") or {}
-        if "optimizer" not in ts:
-            raise ckpt_io.CheckpointError(f"{path} holds no training state to resume from")
-        self.method.load_parts(ckpt["state"])
-        self.method.to(self.device)
-        self.optimizer.load_state_dict(ts["optimizer"])
-        self.scheduler.load_state_dict(ts["scheduler"])
-        if ts.get("scaler"):
-            self.scaler.load_state_dict(ts["scaler"])
-        if self.method.queue is not None:
-            self.method.queue.copy_(ts["moco_queue"])
-            self.method.queue_ptr.fill_(int(ts["moco_queue_ptr"]))
-        _set_pyrandom_state(self.width_rng, ts["width_rng"])
-        per_rank = ts.get("rng_per_rank") or [ts["rng"]]
-        # This rank's own generators; a rank the saving run did not have takes rank 0's.
-        set_rng_state(per_rank[self.rank] if self.rank < len(per_rank) else per_rank[0],
-                      self.device)
-        self.iteration = int(ts["iteration"])
+        iteration = ts.get("iteration")
+        if changes and not resume_changed:
+            listed = ", ".join(f"{c['key']} {c['old']!r} -> {c['new']!r}" for c in changes[:6])
+            more = f" and {len(changes) - 6} more" if len(changes) > 6 else ""
+            raise ConfigError(f"cannot resume {path}: the config changes what the run means "
+                              f"({listed}{more}); resume with the run's own config, or pass "
+                              f"--resume-changed to continue anyway (the change is recorded in "
+                              f"the checkpoint)")
+        missing = [k for k in ("iteration", "optimizer", "scheduler", "width_rng") if k not in ts]
+        if missing:
+            raise ckpt_io.CheckpointError(f"{path} holds no training state to resume from "
+                                          f"(no {', '.join(missing)}); start a new run, or pass "
+                                          f"a checkpoint written by tools/pretrain.py")
+        per_rank = ts.get("rng_per_rank") or ([ts["rng"]] if ts.get("rng") else None)
+        if not per_rank:
+            raise ckpt_io.CheckpointError(f"{path} holds no RNG state (train_state.rng), so the "
+                                          f"run cannot continue exactly; start a new run, or "
+                                          f"pass a checkpoint written by tools/pretrain.py")
+        for name, expected in self.method.state_parts().items():
+            if expected is None:
+                continue
+            if name not in ckpt["state"]:
+                raise ckpt_io.CheckpointError(f"{path} lacks the '{name}' weights this method "
+                                              f"configuration uses")
+            mismatch = ckpt_io.state_mismatch(expected, ckpt["state"][name])
+            if mismatch:
+                raise ckpt_io.CheckpointError(
+                    f"{path}: the '{name}' weights do not match the configured model "
+                    f"{self.cfg['model'].get('arch')!r} ({mismatch}); the file was altered or "
+                    f"the model config differs from its weights")
+        # the hyperparameters this config asks for (the loaded states carry the old run's)
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"}
+                        for g in self.optimizer.param_groups]
+        fresh_base_lrs = list(self.scheduler.base_lrs)
+        try:
+            self.method.load_parts(ckpt["state"])
+            self.method.to(self.device)
+            self.optimizer.load_state_dict(ts["optimizer"])
+            self.scheduler.load_state_dict(ts["scheduler"])
+            if changes:  # --resume-changed: the new optimizer and schedule settings take effect
+                self._apply_hyperparameters(fresh_groups, fresh_base_lrs)
+            if ts.get("scaler"):
+                self.scaler.load_state_dict(ts["scaler"])
+            if self.method.queue is not None:
+                self.method.queue.copy_(ts["moco_queue"])
+                self.method.queue_ptr.fill_(int(ts["moco_queue_ptr"]))
+            _set_pyrandom_state(self.width_rng, ts["width_rng"])
+            # This rank's own generators; a rank the saving run did not have takes rank 0's.
+            set_rng_state(per_rank[self.rank] if self.rank < len(per_rank) else per_rank[0],
+                          self.device)
+            self.iteration = int(iteration)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            reason = " ".join(str(err).split())[:120] or type(err).__name__
+            raise ckpt_io.CheckpointError(f"{path}: its training state does not fit this run "
+                                          f"({type(err).__name__}: {reason}); start a new run, "
+                                          f"or pass a checkpoint written by tools/pretrain.py "
+                                          f"for this config") from None
+        self.config_history = [dict(h) for h in ckpt.get("history") or []
+                               if isinstance(h, dict)]
+        if changes:
+            self.config_history.append({"iteration": self.iteration, "changes": changes})
+            if self.rank == 0:
+                print(f"note: resuming {path} at iteration {self.iteration} with a changed config "
+                      f"(recorded in the checkpoint's history): "
+                      + ", ".join(f"{c['key']} {c['old']!r} -> {c['new']!r}" for c in changes),
+                      flush=True)
+        self.last_good = (path, self.iteration)
 
     # --- one iteration ---------------------------------------------------------------------------
     def _sync_context(self, last: bool):
@@ -381,6 +546,7 @@ class Trainer:
             with torch.no_grad():
                 reg = self.regularizer()
             self.regularizer.add_grad_(self.scaler.get_scale() if self.amp else 1.0)
+        self._check_losses(t, records, float(reg.detach()))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -393,6 +559,26 @@ class Trainer:
         reg_value = float(reg.detach())
         return {"records": records, "lr": lr, "momentum": momentum, "reg": reg_value,
                 "loss": sum(r["loss"] for r in records) + reg_value}
+
+    def _check_losses(self, t: int, records: list[dict], reg: float) -> None:
+        """``DivergedError`` naming the iteration and the width when a loss is NaN/Inf, before
+        the optimizer steps (the ranks agree on the verdict: 2 = NaN, 1 = Inf, 0 = finite)."""
+        def code(v: float) -> float:
+            return 2.0 if math.isnan(v) else (0.0 if math.isfinite(v) else 1.0)
+        flags = self._any_rank([code(r["loss"]) for r in records] + [code(reg)])
+        if not any(flags):
+            return
+        i = next(i for i, f in enumerate(flags) if f)
+        kind = "NaN" if flags[i] == 2.0 else "Inf"
+        where = (f"width {records[i]['width']:g}" if i < len(records)
+                 else "group regularization")
+        raise DivergedError(f"loss became {kind} at iteration {t} ({where})")
+
+    def _last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint was saved before it"
+        path, iteration = self.last_good
+        return f"the last good checkpoint is kept at {path} (iteration {iteration})"
 
     # --- the run ---------------------------------------------------------------------------------
     def _knn(self) -> dict[float, float]:
@@ -415,13 +601,17 @@ class Trainer:
         there to ``--resume`` from); returns a summary."""
         from tqdm import tqdm
         cfg, m = self.cfg, self.cfg["monitor"]
-        if self.rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:  # every input has been checked (__init__): now the outputs
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise write_error(self.out_dir, err) from None
             save_resolved(cfg, self.out_dir)
+            self.monitor.open(self.iteration)
         every = int(cfg["checkpoint"]["every_iters"])
         log_every = max(1, int(m["log_every"]))
         bar = tqdm(total=self.total, initial=self.iteration, desc="pretrain", dynamic_ncols=True,
-                   disable=not self.progress or self.rank != 0)
+                   disable=not self.progress or self.rank != 0 or not _is_terminal(sys.stderr))
         self.method.train()
         z_dim = int(cfg["heads"]["projector"]["out"])
         tick = time.perf_counter()
@@ -454,6 +644,10 @@ class Trainer:
                         break
                 if stop_after is not None and self.iteration >= stop_after:
                     break
+        except DivergedError as err:
+            lr = self.cfg["optim"]["lr"]
+            raise DivergedError(f"{err}; {self._last_good_text()}; lower optim.lr (now {lr:g}) "
+                                f"or check the data") from None
         finally:
             bar.close()
             self.monitor.close()
@@ -469,10 +663,10 @@ class Trainer:
                 "collapsed_at": self.monitor.collapsed_at}
 
 
-def _get(cfg: dict, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
+def _is_terminal(stream) -> bool:
+    """The progress bar is for a person at a terminal: in a log file or a pipe its redraws
+    would be noise, and stderr must stay one line per error there."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

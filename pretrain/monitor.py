@@ -5,18 +5,28 @@ Collapse (the failure of Table 7 case 1) shows as the std of L2-normalised embed
 ``std * sqrt(dim)`` with ``monitor.collapse_ratio``. Logs go to CSV files (always) and TensorBoard
 (when installed): ``train.csv`` (one row per logged iteration), ``widths.csv`` (one row per
 sampled width: iteration, width, role, loss, std) and ``knn.csv``.
+
+Nothing is written until ``open(start_iteration)`` (the engine calls it once every input check
+has passed). Logs stay consistent across resume: ``open`` keeps only the rows of iterations up to
+``start_iteration`` (the rows a killed run logged after its last checkpoint are dropped and then
+logged again by the resumed run, once), rewriting each CSV atomically, and TensorBoard purges its
+events after that iteration. A collapse warning is one line on stdout (stderr is for errors).
 """
 from __future__ import annotations
 
 import csv
+import io
 import math
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pretrain import slim
+from pretrain.cli import write_error
+from pretrain.safe_io import atomic_write
+
+LOGS = ("train.csv", "widths.csv", "knn.csv")
 
 
 class CollapseError(RuntimeError):
@@ -29,27 +39,44 @@ class Monitor:
         self.writer = None
         self.collapsed_at: int | None = None
         self._files: dict[str, tuple] = {}
-        if enabled:
+
+    def open(self, start_iteration: int = 0) -> None:
+        """Create the output folder and logs; keep only rows of iterations <= start_iteration."""
+        if not self.enabled:
+            return
+        try:
             self.out.mkdir(parents=True, exist_ok=True)
-            if cfg.get("tensorboard", True):
+        except OSError as err:
+            raise write_error(self.out, err) from None
+        for name in LOGS:
+            truncate_log(self.out / name, start_iteration)
+        if self.cfg.get("tensorboard", True):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("note: tensorboard is not installed: logging to CSV only", flush=True)
+            else:
                 try:
-                    from torch.utils.tensorboard import SummaryWriter
-                    self.writer = SummaryWriter(str(self.out / "tb"))
-                except ImportError:
-                    warnings.warn("tensorboard is not installed: logging to CSV only", stacklevel=2)
+                    self.writer = SummaryWriter(str(self.out / "tb"),
+                                                purge_step=start_iteration + 1)
+                except OSError as err:
+                    raise write_error(self.out / "tb", err) from None
 
     def _csv(self, name: str, header: list[str], row: list) -> None:
-        if name not in self._files:
-            path = self.out / name
-            new = not path.exists()
-            fh = open(path, "a", newline="")
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(header)
-            self._files[name] = (fh, writer)
-        fh, writer = self._files[name]
-        writer.writerow(row)
-        fh.flush()
+        path = self.out / name
+        try:
+            if name not in self._files:
+                new = not path.exists() or path.stat().st_size == 0
+                fh = open(path, "a", newline="")
+                writer = csv.writer(fh)
+                if new:
+                    writer.writerow(header)
+                self._files[name] = (fh, writer)
+            fh, writer = self._files[name]
+            writer.writerow(row)
+            fh.flush()
+        except OSError as err:
+            raise write_error(path, err) from None
 
     def collapse_score(self, std: float, dim: int) -> float:
         return std * math.sqrt(dim)
@@ -62,9 +89,9 @@ class Monitor:
         if self.collapsed_at is None:
             self.collapsed_at = iteration
             if self.enabled:
-                warnings.warn(f"iteration {iteration}: embeddings at width {width:g} look collapsed "
-                              f"(std*sqrt(dim) = {score:.3f} < {self.cfg['collapse_ratio']})",
-                              stacklevel=2)
+                print(f"warning: iteration {iteration}: embeddings at width {width:g} look "
+                      f"collapsed (std*sqrt(dim) = {score:.3f} < {self.cfg['collapse_ratio']})",
+                      flush=True)
         if self.cfg.get("stop_on_collapse"):
             raise CollapseError(f"embeddings collapsed at iteration {iteration} (width {width:g}, "
                                 f"std*sqrt(dim) = {score:.3f}); stopping as monitor.stop_on_collapse "
@@ -102,10 +129,40 @@ class Monitor:
 
     def close(self) -> None:
         for fh, _ in self._files.values():
-            fh.close()
+            try:
+                fh.close()
+            except OSError:  # a full disk on the last flush: the rows already written stay
+                pass
         self._files.clear()
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_log(path: Path, start_iteration: int) -> None:
+    """Keep the header and the well-formed rows of ``path`` whose iteration is at most
+    ``start_iteration`` (a partial last row from a killed run goes too); atomic rewrite."""
+    if not path.is_file():
+        return
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        return
+    header, kept = rows[0], [rows[0]]
+    for row in rows[1:]:
+        try:
+            keep = len(row) == len(header) and int(row[0]) <= start_iteration
+        except ValueError:
+            keep = False
+        if keep:
+            kept.append(row)
+    if len(kept) == len(rows) and text.endswith("\n"):
+        return
+    out = io.StringIO()
+    csv.writer(out).writerows(kept)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(out.getvalue()))
 
 
 @torch.no_grad()

@@ -41,17 +41,25 @@ def temp_prefix(name: str) -> str:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file. Stale
     temps of ``path`` left by killed writers are removed first (``remove_stale``)."""
+    from pretrain.cli import is_write_failure, write_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, path.name)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=TEMP_SUFFIX,
+                                   dir=path.parent)
+    except OSError as err:  # a file where a folder should be, read-only disk, no permission
+        raise write_error(path, err) from None
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, (OSError, RuntimeError)) and is_write_failure(err):
+            raise write_error(path, err) from None  # full disk: one line naming the path
         raise
     return path
 
@@ -178,3 +186,28 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise UnsafeFileError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UnsafeFileError(f"{what} {path} is not readable JSON ({err})") from None
+
+
+def non_finite(tensors: dict, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict holding NaN or Inf."""
+    import torch
+
+    bad = []
+    for key, value in tensors.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            bad += non_finite(value, name + ".")
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad
+
+
+def check_finite(tensors: dict, what: str) -> None:
+    """One ``UnsafeFileError`` line when weights hold NaN or Inf (a diverged run's file): every
+    tool says so instead of failing later with a meaningless error."""
+    bad = non_finite(tensors)
+    if bad:
+        raise UnsafeFileError(f"{what} holds NaN or Inf in {len(bad)} tensor(s) (first: {bad[0]}): "
+                              f"the run that wrote it diverged; use an earlier checkpoint or "
+                              f"retrain with a lower lr")

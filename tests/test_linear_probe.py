@@ -245,7 +245,7 @@ def test_cli_errors(ckpt, data_root, tmp_path, capsys):
     assert code == 2 and "not a readable US3L checkpoint" in err
     code, _, err = run_cli(["--ckpt", ckpt, "--datasets", "digits", "--widths", 0.1,
                             "--out", out], capsys)
-    assert code == 2 and "outside the trained range" in err
+    assert code == 2 and "outside [0.25, 1.0]" in err  # refused by the option's type
     code, _, err = run_cli(["--export", tmp_path, "--datasets", "digits", "--out", out], capsys)
     assert code == 2 and "no exported width" in err
     code, _, err = run_cli(["--ckpt", ckpt, "--datasets", "cifar10", "--out", out], capsys)

@@ -107,7 +107,7 @@ def _step(tmp: Path, name: str, code: str, inputs=(), outputs=("out.txt",), clea
 def test_pipeline_reruns_a_step_whose_input_changed_and_a_failed_step_leaves_no_stamp(tmp_path):
     """The only check of the step logic: skipped when nothing changed, re-run when an input file
     changed, a failed step leaves no stamp (and loses an old one), owned folders are cleaned."""
-    from transfer.pipeline import Pipeline
+    from transfer.pipeline import Pipeline, StepFailed
 
     (tmp_path / "in.txt").write_text("a")
     (tmp_path / "owned").mkdir()
@@ -127,13 +127,13 @@ def test_pipeline_reruns_a_step_whose_input_changed_and_a_failed_step_leaves_no_
     assert stamp.is_file()
     failing = _step(tmp_path, "copy", "import sys; print('half done'); sys.exit(3)",
                     inputs=["in.txt"])
-    with pytest.raises(SystemExit, match=r"step 'copy' failed \(exit 3\).*full log: .*copy.log"):
+    with pytest.raises(StepFailed, match=r"step 'copy' failed \(exit 3\).*full log: .*copy.log"):
         pipe.run(failing)
     assert not stamp.exists()  # the old stamp does not survive a failed re-run
     assert "half done" in (tmp_path / "run" / "logs" / "copy.log").read_text()
     assert not pipe.is_done(step)
     assert pipe.run(step)["skipped"] is False  # and the next run runs it again
     missing = _step(tmp_path, "nothing", "pass", outputs=["never.txt"])
-    with pytest.raises(SystemExit, match="did not write"):
+    with pytest.raises(StepFailed, match="did not write"):
         pipe.run(missing)
     assert not (tmp_path / "run" / ".steps" / "nothing.json").exists()

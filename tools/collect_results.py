@@ -7,11 +7,15 @@ schedules differ).
 
 Writes DIR/detection_results.md, DIR/detection_results.csv and DIR/det_<engine>_<task>.png
 (default DIR: runs/det/report). Runs evaluated without training (--eval-only) are listed in the
-table but left out of the plots.
+table but left out of the plots. Hidden and temporary folders and files (a run or a writer that
+was killed) are never read.
+
+Bad input (a path that does not exist, no metrics.json found, a file that is not JSON or breaks
+the schema, NaN or out-of-range values, --out under a regular file): one line naming the file,
+exit 2, nothing written. Exit statuses: pretrain/cli.py.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import sys
@@ -20,19 +24,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pretrain.safe_io import atomic_write  # noqa: E402
+from pretrain import cli  # noqa: E402
+from pretrain.safe_io import atomic_write, is_partial, published  # noqa: E402
 from transfer.detection import metrics  # noqa: E402
+from transfer.pipeline import output_folder_problem  # noqa: E402
+
+PROG = "collect_results.py"
 
 ARCH_LABEL = {"resnet50": "R-50", "resnet18": "R-18"}
 
 
 def find(paths: list[str]) -> list[Path]:
+    """metrics.json files: those named, and those under the folders named, except any in (or
+    named like) a hidden or temporary entry below the folder given."""
     found = []
     for p in map(Path, paths):
         if p.is_file():
+            if is_partial(p):
+                raise FileNotFoundError(f"{p} is a hidden or temporary file (an unfinished "
+                                        f"write); pass the run's metrics.json")
             found.append(p)
         elif p.is_dir():
-            found += sorted(p.rglob(metrics.FILENAME))
+            below = sorted(p.rglob(metrics.FILENAME))
+            keep = {p / q for q in published(f.relative_to(p) for f in below)}
+            found += [f for f in below if f in keep and f.is_file()]
         else:
             raise FileNotFoundError(f"{p} does not exist; pass run folders or metrics.json files")
     return found
@@ -124,19 +139,23 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders (searched recursively) or files")
     parser.add_argument("--out", default=str(REPO / "runs" / "det" / "report"))
     args = parser.parse_args(argv)
+    problem = output_folder_problem(args.out)
+    if problem:
+        print(f"{PROG}: error: --out {args.out}: {problem}; pass another --out", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     try:
         rows = load(find(args.paths))
     except (FileNotFoundError, metrics.MetricsError) as err:
-        print(f"collect_results.py: error: {err}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {cli.one_line(err, 600)}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     if not rows:
-        print(f"collect_results.py: error: no {metrics.FILENAME} under {args.paths}; pass the "
+        print(f"{PROG}: error: no {metrics.FILENAME} under {' '.join(args.paths)}; pass the "
               f"--out folders of tools/train_det.sh", file=sys.stderr)
-        return 2
+        return cli.EXIT_BAD_INPUT
     out = Path(args.out)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
@@ -158,4 +177,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

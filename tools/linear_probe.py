@@ -9,10 +9,15 @@
 code (on the pretraining data by default, as tools/convert_width.py does). --export: tools/convert_width.py's output (DIR/w0.50/{torchvision.pth,meta.json}).
 Writes DIR/results.json, results.md, acc_vs_width.png, acc_vs_macs.png and config.json (the exact
 command). ``--datasets digits`` (scikit-learn's digits, built in) needs no --data-root.
+
+Exit status: 0 done; 2 bad input (one line on stderr, nothing written: every option is typed and
+every input checked before the output folder is created); 3 a SGD probe diverged (non-finite
+loss; lower --sgd-lr); 130/143 SIGINT/SIGTERM (finished probes kept in results.partial.json).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -22,23 +27,37 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pretrain import cli, safe_io  # noqa: E402
 from pretrain.checkpoint import CheckpointError  # noqa: E402
 from transfer import datasets as D  # noqa: E402
-from transfer.linear.backbones import CheckpointSource, ExportSource, SourceError  # noqa: E402
+from transfer.export.calib_data import CalibDataError  # noqa: E402
+from transfer.export.convert import check_output_folder, width_arg  # noqa: E402
+from transfer.linear.backbones import (DEFAULT_WIDTHS, CheckpointSource, ExportSource,  # noqa: E402
+                                       SourceError)
 from transfer.linear.sgd import SGDConfig  # noqa: E402
 
+PROG = "linear_probe.py"
 DEFAULT_DATASETS = ["cifar10", "cifar100", "flowers102", "pets", "dtd"]
-DEFAULT_CKPT_WIDTHS = [1.0, 0.75, 0.5, 0.25]
+DEFAULT_CKPT_WIDTHS = list(DEFAULT_WIDTHS)  # within the checkpoint's trained range
+MAX_GRID = 1000
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+def momentum_arg(text: str) -> float:
+    """SGD momentum: a finite number in [0, 1)."""
+    value = cli.float_in(0.0, 1.0)(text)
+    if value >= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be below 1 (momentum 1 never forgets)")
+    return value
+
+
+def parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=__doc__.split("\n\n", 1)[1])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--ckpt", help="US3L pretraining checkpoint (.pth)")
     src.add_argument("--export", help="folder written by tools/convert_width.py")
-    p.add_argument("--widths", type=float, nargs="+",
+    p.add_argument("--widths", type=width_arg, nargs="+",
                    help=f"widths to probe (default: --ckpt {DEFAULT_CKPT_WIDTHS}, --export all)")
     p.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=D.NAMES)
     p.add_argument("--data-root", help="folder holding the datasets in torchvision's layouts")
@@ -47,60 +66,81 @@ def parser() -> argparse.ArgumentParser:
                         "sgd: the paper's SGD linear evaluation on augmented images")
     p.add_argument("--no-verify-md5", dest="verify_md5", action="store_false",
                    help="skip torchvision's MD5 check (re-packed copies, fixtures)")
-    p.add_argument("--image-size", type=int, default=224,
-                   help="resize (bicubic) + center-crop side; smaller for CPU demos")
+    p.add_argument("--image-size", type=cli.int_at_least(8), default=224,
+                   help="resize (bicubic) + center-crop side, at least 8; smaller for CPU demos")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--cache-dir", help="feature cache (default: $US3L_CACHE/features or "
                                        "~/.cache/us3l/features)")
-    p.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=cli.int_at_least(1), default=256,
+                   help="feature-extraction batch size")
+    p.add_argument("--workers", type=cli.int_at_least(0), default=None,
                    help="data-loading processes (default: 0 on CPU, up to 8 with a GPU)")
     g = p.add_argument_group("lbfgs protocol")
-    g.add_argument("--grid", type=float, nargs=3, metavar=("LOW", "HIGH", "COUNT"),
-                   default=[1e-6, 1e5, 45], help="C values: COUNT log-spaced over LOW..HIGH")
-    g.add_argument("--max-iter", type=int, default=1000, help="L-BFGS iterations per C")
+    g.add_argument("--grid", type=cli.positive_float, nargs=3, metavar=("LOW", "HIGH", "COUNT"),
+                   default=[1e-6, 1e5, 45],
+                   help=f"C values: COUNT (an integer, 1..{MAX_GRID}) log-spaced over LOW..HIGH")
+    g.add_argument("--max-iter", type=cli.int_at_least(1), default=1000,
+                   help="L-BFGS iterations per C")
     c = p.add_argument_group("--ckpt: BN recalibration at each width (the converter's defaults)")
     c.add_argument("--calib-data", default=None,
                    help="synthetic | digits | cifar10:ROOT | cifar100:ROOT | folder:DIR "
                         "(default: the checkpoint's pretraining data)")
-    c.add_argument("--calib-batches", type=int, default=16)
-    c.add_argument("--calib-batch-size", type=int, default=32)
-    c.add_argument("--calib-size", type=int, default=None,
+    c.add_argument("--calib-batches", type=cli.int_at_least(1), default=16)
+    c.add_argument("--calib-batch-size", type=cli.int_at_least(2), default=32)
+    c.add_argument("--calib-size", type=cli.int_at_least(8), default=None,
                    help="image side (default 224 for the ImageNet stem, the pretraining size "
                         "for the CIFAR stem)")
     s = p.add_argument_group("sgd protocol (defaults: the paper's CIFAR linear evaluation)")
     d = SGDConfig()
-    s.add_argument("--sgd-lr", type=float, default=d.lr)
-    s.add_argument("--sgd-epochs", type=int, default=d.epochs)
-    s.add_argument("--sgd-milestones", type=int, nargs="*", default=list(d.milestones))
-    s.add_argument("--sgd-batch-size", type=int, default=d.batch_size)
-    s.add_argument("--sgd-weight-decay", type=float, default=d.weight_decay)
-    s.add_argument("--sgd-momentum", type=float, default=d.momentum)
+    s.add_argument("--sgd-lr", type=cli.positive_float, default=d.lr)
+    s.add_argument("--sgd-epochs", type=cli.int_at_least(1), default=d.epochs)
+    s.add_argument("--sgd-milestones", type=cli.int_at_least(1), nargs="*",
+                   default=list(d.milestones))
+    s.add_argument("--sgd-batch-size", type=cli.int_at_least(1), default=d.batch_size)
+    s.add_argument("--sgd-weight-decay", type=cli.nonnegative_float, default=d.weight_decay)
+    s.add_argument("--sgd-momentum", type=momentum_arg, default=d.momentum,
+                   help="in [0, 1)")
     return p
 
 
 def check_args(args) -> None:
-    """Argument errors that argparse cannot see (raised as ValueError, one line each)."""
+    """Argument errors that argparse cannot see (raised as ValueError, one line each); nothing
+    is created."""
     if args.data_root is None and any(n != "digits" for n in args.datasets):
         raise ValueError("--data-root is required for datasets other than digits (it holds e.g. "
                          "ROOT/cifar-10-batches-py/)")
     if args.data_root is not None and not Path(args.data_root).is_dir():
         raise ValueError(f"--data-root {args.data_root} is not a folder")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise ValueError(f"--out {args.out} exists and is not a folder")
+    check_output_folder(args.out, "--out", ValueError)
+    if args.cache_dir:
+        check_output_folder(args.cache_dir, "--cache-dir", ValueError)
     low, high, count = args.grid
-    if not (0 < low <= high) or count < 1 or count != int(count):
+    if not low <= high or count != int(count) or not 1 <= count <= MAX_GRID:
         raise ValueError(f"--grid {low:g} {high:g} {count:g}: need 0 < LOW <= HIGH and an "
-                         f"integer COUNT >= 1")
-    if args.image_size < 8:
-        raise ValueError(f"--image-size {args.image_size} is too small (at least 8)")
+                         f"integer COUNT in 1..{MAX_GRID}")
+    if not math.isfinite(math.log10(high) - math.log10(low)):
+        raise ValueError(f"--grid {low:g} {high:g}: LOW and HIGH must be positive and finite")
     if len(set(args.datasets)) != len(args.datasets):
         raise ValueError("--datasets lists a dataset twice")
 
 
+def _one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (a DataLoader worker's re-raised error carries the
+    worker's traceback: keep only its last line)."""
+    text = str(err)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return cli.one_line(text)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    from transfer.linear.runner import ProbeSettings, run
+    """The command line; returns the exit status: 0 done, 2 bad input (one line, nothing
+    written), 3 a SGD probe diverged, 130/143 interrupted (through ``cli.run``)."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as err:  # --help (0) or argparse's one-line error (2), already printed
+        return err.code if isinstance(err.code, int) else (0 if err.code is None else 2)
+    from transfer.linear.runner import ProbeDiverged, ProbeSettings, run
     try:
         check_args(args)
         from pretrain.device import uses_cuda
@@ -109,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         src = (CheckpointSource(args.ckpt, args.calib_data, args.calib_batches,
                                 args.calib_batch_size, args.calib_size, args.verify_md5, workers)
                if args.ckpt else ExportSource(args.export))
-        widths = args.widths or (src.widths() or DEFAULT_CKPT_WIDTHS)
+        widths = list(dict.fromkeys(args.widths or src.widths()))
         settings = ProbeSettings(
             root=args.data_root, out=Path(args.out), protocol=args.protocol,
             image_size=args.image_size, verify_md5=args.verify_md5,
@@ -126,13 +166,17 @@ def main(argv: list[str] | None = None) -> int:
                   else shlex.join(["tools/linear_probe.py", *argv]),
                   "args": vars(args), "widths": widths}
     except (CheckpointError, SourceError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     try:
         results = run(src, widths, args.datasets, settings, config)
-    except (D.DatasetError, CheckpointError, SourceError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (D.DatasetError, CheckpointError, SourceError, CalibDataError,
+            safe_io.UnsafeFileError, cli.WriteError) as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
+    except ProbeDiverged as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return cli.EXIT_DIVERGED
     from transfer.report.tables import markdown_table
     print(markdown_table(results))
     print(f"wrote {Path(args.out) / 'results.json'}, results.md, plots and config.json")
@@ -140,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

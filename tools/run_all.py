@@ -8,11 +8,16 @@
         --det-data /data/detectron2 --gpus 8 --out runs/in-r50
 
 Every step calls the project's own command line (logged in OUT/logs/, listed in the report) and
-is skipped on a re-run when its inputs did not change (OUT/.steps/). Bad input: one line, exit 2.
+is skipped on a re-run when its inputs did not change (OUT/.steps/).
+
+Bad input (an unknown preset, a real-data preset without --data-root, a data folder that does not
+exist, --gpus below 1, --out under a regular file, a --pretrain-override that is not KEY=VALUE):
+one line, exit 2, checked before OUT is created. A step that fails: one line naming the step, its
+exit status and its log (OUT/logs/STEP.log), exit 1; the steps before it stay done and a re-run
+continues from there. Exit statuses: pretrain/cli.py.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -21,7 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from transfer.pipeline import Pipeline, Step  # noqa: E402
+from pretrain import cli  # noqa: E402
+from transfer.pipeline import Pipeline, Step, StepFailed, output_folder_problem  # noqa: E402
+
+PROG = "run_all.py"
 
 # Each preset: how to pretrain, which widths, which probe datasets, which detection runs.
 PRESETS = {
@@ -191,42 +199,66 @@ def build_steps(args, preset: dict, out: Path) -> list[Step]:
     return steps
 
 
+def check_args(args, preset: dict) -> str | None:
+    """What is wrong with the command line, in one line, or None."""
+    if not preset["builtin_data"] and not args.data_root:
+        return (f"preset {args.preset} trains on real data: pass --data-root (see README, "
+                f"'Real datasets')")
+    for flag, value in (("--data-root", args.data_root), ("--det-data", args.det_data)):
+        if value is not None and not Path(value).is_dir():
+            return f"{flag} {value} is not a folder; pass the folder that holds the data"
+    for item in args.pretrain_override:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            return (f"--pretrain-override {item!r} is not KEY=VALUE (e.g. "
+                    f"--pretrain-override schedule.iters=200)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     parser.add_argument("--out", default=None, help="output folder (default runs/<preset>)")
     parser.add_argument("--data-root", default=None,
                         help="classification data root in torchvision layouts (real-data presets)")
     parser.add_argument("--det-data", default=None,
                         help="detection root holding VOC2007/VOC2012/coco (real-data presets)")
-    parser.add_argument("--gpus", type=int, default=1, help="processes per machine (torchrun/launchers)")
+    parser.add_argument("--gpus", type=cli.int_at_least(1), default=1,
+                        help="processes per machine (torchrun/launchers)")
     parser.add_argument("--pretrain-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for tools/pretrain.py (repeatable)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
-    if not preset["builtin_data"] and not args.data_root:
-        print(f"error: preset {args.preset} trains on real data: pass --data-root (see README, "
-              f"'Real datasets')", file=sys.stderr)
-        return 2
-    if args.data_root and not Path(args.data_root).is_dir():
-        print(f"error: --data-root {args.data_root} is not a folder", file=sys.stderr)
-        return 2
-    if args.gpus < 1:
-        print("error: --gpus must be >= 1", file=sys.stderr)
-        return 2
+    problem = check_args(args, preset)
     out = Path(args.out or ROOT / "runs" / args.preset).resolve()
+    if problem is None:
+        folder_problem = output_folder_problem(out)
+        if folder_problem:
+            problem = f"--out {args.out or out}: {folder_problem}; pass another --out"
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     pipeline = Pipeline(out)
-    for step in build_steps(args, preset, out):
-        pipeline.run(step)
+    try:
+        for step in build_steps(args, preset, out):
+            pipeline.run(step)
+    except StepFailed as err:
+        print(f"{PROG}: error: {cli.one_line(err, 600)}", file=sys.stderr)
+        return cli.EXIT_STEP_FAILED
 
-    from transfer.report.summary import write_report
-    report = write_report(out, preset_name=args.preset, steps=pipeline.records,
-                          argv=[sys.executable, *sys.argv])
-    from transfer.report.summary import collect, table
-    print(table(collect(out)))
+    from pretrain.safe_io import UnsafeFileError
+    from transfer.report.summary import collect, table, write_report
+    try:
+        report = write_report(out, preset_name=args.preset, steps=pipeline.records,
+                              argv=[sys.executable, str(Path(__file__).resolve()),
+                                    *(sys.argv[1:] if argv is None else argv)])
+        print(table(collect(out)))
+    except UnsafeFileError as err:
+        print(f"{PROG}: error: report: {cli.one_line(err, 600)}", file=sys.stderr)
+        return cli.EXIT_STEP_FAILED
     print(f"report: {report}  (plots and report.html beside it)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main, PROG))

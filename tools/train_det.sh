@@ -21,14 +21,22 @@
 #                 engine's own logs, config and checkpoints in DIR/ENGINE/
 #   --nnodes M --node-rank R --dist-url tcp://HOST:PORT   multi-machine (same command on each)
 #   --config FILE a config other than configs/{detectron2,mmdet}/*_us3l.* for the export's arch
-#   --eval-only   evaluate without training (the heads stay untrained: the baseline)
+#                 (detectron2: read as safe YAML; mmdet: a Python file the engine executes, so
+#                 pass only configs you trust)
+#   --eval-only   evaluate without training (the heads stay untrained: the baseline); with
+#                 --resume: evaluate the run's last checkpoint in DIR/ENGINE/ (there must be one)
 #   --resume      continue from the last checkpoint in DIR/ENGINE/ (only a run of the same engine,
-#                 task and export: anything else exits 2 naming both)
+#                 task and export: anything else exits 2 naming both; a DIR without run.json
+#                 holds nothing to resume and exits 2)
 #   anything else goes to the engine: detectron2 KEY VALUE pairs (e.g. SOLVER.MAX_ITER 100),
 #   mmdet --cfg-options key=value ..., --max-iters N (an N-iteration schedule) and --img-scale W H.
 #
 # Data: $DETECTRON2_DATASETS/{VOC2007,VOC2012,coco} for both engines (default ./datasets).
-# Python: $US3L_VENV/bin/python (default <repo>/.venv). Bad input: one line on stderr, exit 2.
+# Python: $US3L_VENV/bin/python (default <repo>/.venv).
+# Bad input (an option, the export folder and its files, the data root, the run folder): one
+# line on stderr, exit 2, checked before any engine or worker starts; no run folder is claimed.
+# An export file that holds anything but plain data and weights is refused before an engine
+# reads it (nothing from it runs). Exit statuses: 0 done, 2 bad input, 130/143 interrupted.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +46,7 @@ USAGE="usage: tools/train_det.sh ENGINE TASK EXPORT_DIR [--gpus N | --cpu-procs 
 
 die() { echo "train_det.sh: error: $*" >&2; exit 2; }
 need_value() { [[ $# -ge 2 && -n "$2" && "$2" != --* ]] || die "$1 needs a value; $USAGE"; }
-is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+is_int() { [[ "$1" =~ ^(0|[1-9][0-9]{0,8})$ ]]; }  # no leading zeros (octal), no overflow
 
 [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0; }
 [[ $# -ge 3 ]] || die "expected ENGINE TASK EXPORT_DIR; $USAGE"
@@ -47,7 +55,7 @@ case "$ENGINE" in detectron2|mmdet) ;; *) die "unknown ENGINE '$ENGINE'; expecte
 case "$TASK" in voc|coco) ;; *) die "unknown TASK '$TASK'; expected voc or coco" ;; esac
 [[ -x "$PY" ]] || die "no python at $PY; build the environment with tools/setup_env.sh or set US3L_VENV"
 
-GPUS=1; CPU_PROCS=0; NNODES=1; NODE_RANK=0; DIST_URL=""; OUT=""; CONFIG=""; EVAL_ONLY=0; RESUME=0
+GPUS=1; CPU_PROCS=""; NNODES=1; NODE_RANK=0; DIST_URL=""; OUT=""; CONFIG=""; EVAL_ONLY=0; RESUME=0
 TOTAL_BATCH=""; IMS_PER_GPU=""; EXTRA=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -67,7 +75,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 is_int "$GPUS" && [[ "$GPUS" -ge 1 ]] || die "--gpus '$GPUS' is not a positive integer"
-is_int "$CPU_PROCS" || die "--cpu-procs '$CPU_PROCS' is not a positive integer"
+[[ -z "$CPU_PROCS" ]] || { is_int "$CPU_PROCS" && [[ "$CPU_PROCS" -ge 1 ]]; } || die "--cpu-procs '$CPU_PROCS' is not a positive integer"
+CPU_PROCS="${CPU_PROCS:-0}"
 [[ "$CPU_PROCS" -eq 0 || "$GPUS" -eq 1 ]] || die "pass --gpus or --cpu-procs, not both"
 [[ -z "$TOTAL_BATCH" ]] || { is_int "$TOTAL_BATCH" && [[ "$TOTAL_BATCH" -ge 1 ]]; } || die "--total-batch '$TOTAL_BATCH' is not a positive integer"
 [[ -z "$IMS_PER_GPU" ]] || { is_int "$IMS_PER_GPU" && [[ "$IMS_PER_GPU" -ge 1 ]]; } || die "--ims-per-gpu '$IMS_PER_GPU' is not a positive integer"
@@ -110,7 +119,8 @@ if [[ $((PROCS * NNODES)) -gt 1 ]]; then
   [[ -n "$TOTAL_BATCH" ]] && PRE+=(--total-batch "$TOTAL_BATCH")
   [[ -n "$IMS_PER_GPU" ]] && PRE+=(--ims-per-gpu "$IMS_PER_GPU")
   [[ "$RESUME" == 1 ]] && PRE+=(--resume)
-  OUT="$("$PY" -m transfer.detection.preflight "$ENGINE" "$TASK" "$EXPORT" "${PRE[@]}")" || exit 2
+  [[ "$EVAL_ONLY" == 1 ]] && PRE+=(--eval-only)
+  OUT="$("$PY" -m transfer.detection.preflight "$ENGINE" "$TASK" "$EXPORT" "${PRE[@]}")" || exit $?
   [[ " ${COMMON[*]} " == *" --out "* ]] || COMMON+=(--out "$OUT")
   HOSTPORT="${DIST_URL#tcp://}"
   MASTER_ADDR="${HOSTPORT%:*}"; MASTER_PORT="${HOSTPORT##*:}"

@@ -12,6 +12,10 @@ the project's metrics.json to OUT/ (rank 0, once).
 Processes: ``--num-gpus N`` spawns N GPU workers with detectron2's ``launch``; started by torchrun
 (``tools/train_det.sh --cpu-procs N``) every process is one worker of a gloo group on the CPU
 (detectron2's ``launch`` insists on CUDA), set up by ``torchrun_worker``.
+
+Bad input (options, export, data root, run folder, KEY VALUE options out of range): one line on
+stderr, exit 2, checked before the engine starts and before the run folder is claimed (nothing
+written). Exit statuses: pretrain/cli.py.
 """
 from __future__ import annotations
 
@@ -23,10 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pretrain import cli  # noqa: E402
 from transfer.detection.preflight import (PreflightError, add_run_arguments, arch_of,  # noqa: E402
-                                          check, claim_run_dir, default_config, run_dir)
+                                          check, check_eval_only, check_out, claim_run_dir,
+                                          default_config, quiet_engine_warnings, run_dir)
 
 ENGINE = "detectron2"
+PROG = "train_detectron2.py"
 
 
 def under_torchrun() -> bool:
@@ -54,7 +61,8 @@ def _setup_logging(cfg, args) -> logging.Logger:
     return logger
 
 
-def main(args) -> int:
+def train(args) -> int:
+    """One worker: fine-tune (or only evaluate) and, on rank 0, write metrics.json."""
     import transfer.detectron2.compat  # noqa: F401  (before detectron2)
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.utils import comm
@@ -112,7 +120,7 @@ def main(args) -> int:
                 (v.get("detections") for v in (results or {}).values()
                  if isinstance(v, dict) and "detections" in v), None))})
     except metrics.MetricsError as err:
-        print(f"error: {out}: {err}; see {log}", file=sys.stderr)
+        print(f"{PROG}: error: {out}: {cli.one_line(err)}; see {log}", file=sys.stderr)
         return 2
     path = metrics.write(out, record)
     logger.info(f"metrics: {path}: " + ", ".join(
@@ -156,35 +164,53 @@ def parse_args(argv=None):
     """detectron2's default_argument_parser flags (same names and defaults), plus the run's."""
     import argparse
     port = 2 ** 15 + 2 ** 14 + hash(os.getuid() if sys.platform != "win32" else 1) % 2 ** 14
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, lr_key="SOLVER.BASE_LR")
     parser.add_argument("--out", default="", help="run folder: metrics.json, run.json + "
                         "detectron2/ logs (default runs/det/detectron2_TASK_<sha8>_wW)")
     parser.add_argument("--config", "--config-file", dest="config", default="",
                         help="default: configs/detectron2/*_us3l.yaml for the export's arch")
-    parser.add_argument("--num-gpus", type=int, default=1, help="number of gpus *per machine*")
-    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank")
+    parser.add_argument("--num-gpus", type=cli.int_at_least(1), default=1,
+                        help="number of gpus *per machine*")
+    parser.add_argument("--num-machines", type=cli.int_at_least(1), default=1,
+                        help="total number of machines")
+    parser.add_argument("--machine-rank", type=cli.int_at_least(0), default=0,
+                        help="this machine's rank")
     parser.add_argument("--dist-url", default=f"tcp://127.0.0.1:{port}",
                         help="initialization URL for pytorch distributed backend")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
                         help="detectron2 config options: KEY VALUE pairs")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.machine_rank >= args.num_machines:
+        parser.error(f"--machine-rank {args.machine_rank} must be below --num-machines "
+                     f"{args.num_machines}")
+    if args.config and not Path(args.config).is_file():
+        parser.error(f"--config {args.config} does not exist")
+    return args
 
 
-def cli(argv=None) -> int:
+def _fail(err: BaseException) -> int:
+    print(f"{PROG}: error: {cli.one_line(err, 600)}", file=sys.stderr)
+    return cli.EXIT_BAD_INPUT
+
+
+def main(argv=None) -> int:
+    """Check everything, claim the run folder, then run one worker or launch N."""
+    quiet_engine_warnings()
     args = parse_args(argv)
     torchrun = under_torchrun()
     from pretrain.device import default_device
     args.device = args.device or default_device().type
     processes = int(os.environ["WORLD_SIZE"]) if torchrun else args.num_gpus * args.num_machines
     try:
+        if args.out:
+            check_out(args.out)
         meta = check(ENGINE, args.task, args.export, gpus=1 if torchrun else args.num_gpus)
         args.out = str(run_dir(ENGINE, args.task, meta, args.export, args.out))
         args.config = args.config or str(default_config(ENGINE, args.task, arch_of(meta)))
+        check_eval_only(ENGINE, args.out, args.eval_only, args.resume)
     except PreflightError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     import transfer.detectron2.compat  # noqa: F401  (before detectron2)
     from detectron2.engine import launch
 
@@ -196,16 +222,15 @@ def cli(argv=None) -> int:
         claim_run_dir(ENGINE, args.task, meta, args.export, Path(args.out), args.resume,
                       record=not torchrun)
     except (PreflightError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     if torchrun:
-        return torchrun_worker(main, args)
+        return torchrun_worker(train, args)
     if processes == 1:
-        return main(args)  # what detectron2's launch does for one process, with the exit code
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+        return train(args)  # what detectron2's launch does for one process, with the exit code
+    launch(train, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(cli.run(main, PROG))

@@ -7,7 +7,9 @@ or a test fixture in the exact format fails as "corrupted"; ``verify_md5=False``
 check (files and folders must exist) and skips only the checksums. ``digits`` is scikit-learn's
 ``load_digits`` (a small real labelled image set shipped with the package) for demos and tests.
 
-A dataset that is absent raises ``DatasetError`` with one line naming the layout expected under ROOT.
+A dataset that is absent raises ``DatasetError`` with one line naming the layout expected under ROOT;
+an image file that cannot be decoded (corrupt, truncated) raises ``DatasetError`` naming the file
+when it is read.
 """
 from __future__ import annotations
 
@@ -123,12 +125,12 @@ def load(name: str, root: str | os.PathLike, split: str, transform: Callable | N
             return cls(root, train=split == "train", transform=transform, download=False,
                        verify_md5=verify_md5)
         if name == "flowers102":
-            return Flowers102(root, split=split, transform=transform, download=False,
-                              verify_md5=verify_md5)
+            return CheckedFlowers102(root, split=split, transform=transform, download=False,
+                                     verify_md5=verify_md5)
         if name == "pets":
-            return tvd.OxfordIIITPet(root, split=split, target_types="category",
-                                     transform=transform, download=False)
-        return tvd.DTD(root, split=split, partition=1, transform=transform, download=False)
+            return CheckedPets(root, split=split, target_types="category", transform=transform,
+                               download=False)
+        return DTD(root, split=split, partition=1, transform=transform, download=False)
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted..."
         if verify_md5 and "corrupted" in str(err):
             raise DatasetError(f"{name} under {root} fails torchvision's MD5 check (files present "
@@ -140,6 +142,35 @@ def load(name: str, root: str | os.PathLike, split: str, transform: Callable | N
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DatasetError(f"{name} under {root} has malformed files ({first[:160]}); expected "
                            f"layout {LAYOUTS[name].replace('ROOT', str(root))}") from None
+
+
+class _CheckedImages:
+    """Mixin for torchvision's image-file datasets: an image that cannot be decoded (corrupt,
+    truncated) is one ``DatasetError`` line naming the file instead of PIL's traceback."""
+
+    dataset_name = "dataset"
+
+    def __getitem__(self, index: int):
+        try:
+            return super().__getitem__(index)
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: unidentified or truncated image
+            files = getattr(self, "_image_files", None) or getattr(self, "_images", None)
+            what = str(files[index]) if files is not None else f"#{index}"
+            first = " ".join(str(err).split())[:120] or type(err).__name__
+            raise DatasetError(f"{self.dataset_name} image {what} cannot be read ({first}); "
+                               f"replace the file (the dataset copy is damaged)") from None
+
+
+class CheckedFlowers102(_CheckedImages, Flowers102):
+    dataset_name = "flowers102"
+
+
+class CheckedPets(_CheckedImages, tvd.OxfordIIITPet):
+    dataset_name = "pets"
+
+
+class DTD(_CheckedImages, tvd.DTD):  # the name matters: torchvision's folder is its lower case
+    dataset_name = "dtd"
 
 
 def labels_of(dataset: Dataset) -> list[int]:

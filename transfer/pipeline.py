@@ -5,13 +5,16 @@ Each step is a command line plus the files and settings it depends on. A finishe
 with the same fingerprint and all outputs present is skipped. A step that runs first loses its
 old stamp (so a failed re-run never looks finished) and the folders it owns (``clean``: a
 detection run folder belongs to one export). A failed step leaves no stamp, its log, and the
-command's own partial output, which the next run replaces. The pipeline calls the project's own
-CLIs as subprocesses, so what it runs is exactly what a user would type (and is logged).
+command's own partial output, which the next run replaces, and raises ``StepFailed`` (one line
+naming the step, its exit status and its log). The pipeline calls the project's own CLIs as
+subprocesses, so what it runs is exactly what a user would type (and is logged). A stamp that
+cannot be read (a hand-edited or foreign file) counts as "not done": the step runs again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -20,7 +23,28 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pretrain.safe_io import atomic_write
+from pretrain.safe_io import UnsafeFileError, atomic_write, read_json
+
+
+class StepFailed(Exception):
+    """A step exited non-zero or did not write its outputs (one line: step, status, log)."""
+
+
+def output_folder_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be (or become) a folder this process writes into, or None: it, or a
+    parent of it, is a regular file, or the nearest existing folder is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    existing = next((p for p in (path, *path.parents) if p.is_dir()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 @dataclass
@@ -55,16 +79,24 @@ class Pipeline:
     def _stamp(self, step: Step) -> Path:
         return self.state_dir / f"{step.name}.json"
 
+    def _read_stamp(self, step: Step) -> dict | None:
+        try:
+            record = read_json(self._stamp(step), "step stamp")
+        except UnsafeFileError:
+            return None
+        return record if isinstance(record, dict) else None
+
     def is_done(self, step: Step) -> bool:
         stamp = self._stamp(step)
         if not stamp.is_file() or not all(Path(p).exists() for p in step.outputs):
             return False
-        return json.loads(stamp.read_text()).get("fingerprint") == step.fingerprint()
+        record = self._read_stamp(step)
+        return record is not None and record.get("fingerprint") == step.fingerprint()
 
     def run(self, step: Step) -> dict:
         cmd_text = shlex.join(step.command)
         if self.is_done(step):
-            record = json.loads(self._stamp(step).read_text()) | {"skipped": True}
+            record = dict(self._read_stamp(step) or {}) | {"skipped": True}
             self.log(f"[{step.name}] up to date, skipped  ({cmd_text})")
             self.records.append(record)
             return record
@@ -82,11 +114,12 @@ class Pipeline:
         if proc.returncode != 0:
             tail = logfile.read_text().strip().splitlines()[-15:]
             self.log("\n".join(f"    {line}" for line in tail))
-            raise SystemExit(f"step '{step.name}' failed (exit {proc.returncode}) after {seconds}s;"
-                             f" full log: {logfile}")
+            raise StepFailed(f"step '{step.name}' failed (exit {proc.returncode}) after "
+                             f"{seconds}s; full log: {logfile}")
         missing = [str(p) for p in step.outputs if not Path(p).exists()]
         if missing:
-            raise SystemExit(f"step '{step.name}' finished but did not write {missing}")
+            raise StepFailed(f"step '{step.name}' finished but did not write {missing}; full "
+                             f"log: {logfile}")
         record = {"name": step.name, "command": cmd_text, "seconds": seconds,
                   "fingerprint": step.fingerprint(), "log": str(logfile), "skipped": False}
         atomic_write(self._stamp(step), lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))

@@ -87,7 +87,11 @@ def _check_voc_split(root: Path, folder: str, image_set: str) -> int:
     split_file = base / "ImageSets" / "Main" / f"{image_set}.txt"
     if not split_file.is_file():
         _fail("voc", root, f"missing {split_file}")
-    ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    try:
+        ids = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        _fail("voc", root, f"{split_file} is not a readable list of image ids "
+                           f"({type(err).__name__})")
     if not ids:
         _fail("voc", root, f"{split_file} lists no images")
     for sub in ("Annotations", "JPEGImages"):
@@ -128,13 +132,16 @@ def _check_coco_split(root: Path, image_dir: str, json_file: str) -> int:
         return -1
     try:
         data = json.loads(ann.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
         _fail("coco", root, f"{ann} is not valid JSON ({str(err)[:80]})")
     if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= set(data):
         _fail("coco", root, f"{ann} lacks the COCO keys images/annotations/categories")
-    if not data["images"]:
+    if not isinstance(data["images"], list) or not data["images"]:
         _fail("coco", root, f"{ann} lists no images")
-    first = images / data["images"][0]["file_name"]
+    entry = data["images"][0]
+    if not isinstance(entry, dict) or not isinstance(entry.get("file_name"), str):
+        _fail("coco", root, f"{ann}: its first image has no file_name")
+    first = images / entry["file_name"]
     if not first.is_file():
         _fail("coco", root, f"{ann} names {first.name} but {first} does not exist")
     return len(data["images"])
@@ -146,6 +153,8 @@ def check_layout(task: str, root: str | os.PathLike | None = None) -> dict[str, 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     root = data_root(root)
+    if root.exists() and not root.is_dir():
+        _fail(task, root, f"data root {root} is a file, not a folder")
     if not root.is_dir():
         _fail(task, root, f"data root {root} does not exist")
     if task == "voc":

@@ -4,7 +4,8 @@ Why: a run folder named only after the export folder (``..._w0.50``) was shared 
 checkpoint at that width, and ``--resume`` then continued another checkpoint's run and stamped
 the new export's identity on its metrics. The default folder now names the source checkpoint and
 the width, and ``RUN_DIR/run.json`` records the identity when the run starts; a run that does
-not match it (resumed or not) stops with one line naming both.
+not match it (resumed or not) stops with one line naming both, and so does ``--resume`` of a
+folder that holds no run.
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def read(run_dir: str | Path) -> dict | None:
         return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise IdentityError(f"{path} is not readable ({err}); pass a new --out") from None
     if not isinstance(data, dict):
         raise IdentityError(f"{path} does not hold a run identity; pass a new --out")
@@ -65,6 +66,9 @@ def check(run_dir: str | Path, ident: dict, resume: bool) -> None:
         if resume and engine_dir.is_dir() and any(engine_dir.iterdir()):
             raise IdentityError(f"--resume: {run_dir} has no {FILENAME}, so what it was started "
                                 f"from is unknown; pass a new --out")
+        if resume:
+            raise IdentityError(f"--resume: {run_dir} holds no run to resume (no {FILENAME}); "
+                                f"drop --resume to start a new run there")
         return
     if any(found.get(k) != ident[k] for k in KEYS):
         action = "--resume of" if resume else "--out"

@@ -152,10 +152,26 @@ def validate(record: Mapping) -> dict:
                            f"engine {record['engine']!r})")
     for key in metric_keys(task):
         value = record[key]
-        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
+        if value is not None and not (_number(value) and math.isfinite(value)
                                       and 0.0 <= value <= 100.0):
             raise MetricsError(f"{key}={value!r} is not a percentage in [0, 100]")
+    width = record["width"]
+    if not (_number(width) and math.isfinite(width) and 0.0 < width <= 1.0):
+        raise MetricsError(f"width={width!r} is not a width in (0, 1]")
+    for key in ("params", "macs"):
+        if not (isinstance(record[key], int) and not isinstance(record[key], bool)
+                and record[key] >= 0):
+            raise MetricsError(f"{key}={record[key]!r} is not a count")
+    for key in ("arch", "source_sha256"):
+        if not isinstance(record[key], str) or not record[key]:
+            raise MetricsError(f"{key}={record[key]!r} is not a name")
+    if not isinstance(record["run"], dict):
+        raise MetricsError(f"run={record['run']!r} is not a dict")
     return dict(record)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def write(directory: str | os.PathLike, record: Mapping) -> Path:
@@ -166,11 +182,18 @@ def write(directory: str | os.PathLike, record: Mapping) -> Path:
 
 
 def read(path: str | os.PathLike) -> dict:
+    """A metrics file, checked against the schema; every way it can be wrong is one
+    ``MetricsError`` line naming the file (NaN and Infinity, which Python's json accepts, fail
+    the range check)."""
     path = Path(path)
     try:
         record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise MetricsError(f"{path} is not a readable metrics file ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise MetricsError(f"{path} is not a readable metrics file "
+                           f"({type(err).__name__}: {str(err)[:120]})") from None
     if not isinstance(record, dict):
         raise MetricsError(f"{path} does not hold a metrics record")
-    return validate(record)
+    try:
+        return validate(record)
+    except MetricsError as err:
+        raise MetricsError(f"{path}: {err}; re-run the detection run that wrote it") from None

@@ -11,7 +11,6 @@ Run: ``python -m transfer.detection.synthetic ROOT [--voc] [--coco] [--size 128]
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -317,30 +316,38 @@ def make_coco(root: str | Path, n_train: int = 16, n_val: int = 16, size: int = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from pretrain import cli
+    parser = cli.ArgumentParser(prog="python -m transfer.detection.synthetic",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="data root (what $DETECTRON2_DATASETS will point at)")
     parser.add_argument("--voc", action="store_true", help="write VOC2007 and VOC2012")
     parser.add_argument("--coco", action="store_true", help="write coco/")
-    parser.add_argument("--train", type=int, default=16, help="images per training split")
-    parser.add_argument("--test", type=int, default=16, help="images in VOC2007 test / val2017")
-    parser.add_argument("--size", type=int, default=128, help="longest image side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train", type=cli.int_at_least(1), default=16,
+                        help="images per training split")
+    parser.add_argument("--test", type=cli.int_at_least(1), default=16,
+                        help="images in VOC2007 test / val2017")
+    parser.add_argument("--size", type=cli.int_at_least(64), default=128,
+                        help="longest image side in pixels")
+    parser.add_argument("--seed", type=cli.int_at_least(0), default=0)
     args = parser.parse_args(argv)
     if not (args.voc or args.coco):
         args.voc = args.coco = True
-    if min(args.train, args.test) < 1 or args.size < 64:
-        print("error: --train/--test must be >= 1 and --size >= 64", file=sys.stderr)
-        return 2
+    from transfer.pipeline import output_folder_problem
+    problem = output_folder_problem(args.root)
+    if problem:
+        print(f"{parser.prog}: error: {args.root}: {problem}; pass another root", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     try:
         if args.voc:
             print(make_voc(args.root, args.train, args.test, args.train, args.size, args.seed))
         if args.coco:
             print(make_coco(args.root, args.train, args.test, args.size, args.seed))
     except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print(f"{parser.prog}: error: {cli.one_line(err)}", file=sys.stderr)
+        return cli.EXIT_BAD_INPUT
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pretrain import cli as _cli
+    sys.exit(_cli.run(main, "python -m transfer.detection.synthetic"))

@@ -20,6 +20,7 @@ import transfer.detectron2.compat  # noqa: F401  (before detectron2)
 from detectron2.config import CfgNode, get_cfg
 
 from pretrain import safe_io
+from pretrain.cli import one_line
 from pretrain.device import default_device
 from transfer.detection import protocol
 from transfer.detectron2.backbone import add_us3l_config, apply_us3l_backbone
@@ -70,6 +71,33 @@ def _option(opts: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
+# KEY -> (lowest allowed, kind): the values a command line can set that must be in range (a
+# schedule of 0 iterations or a NaN lr would run and report garbage instead of failing)
+_RANGES = {"SOLVER.MAX_ITER": (1, int), "SOLVER.IMS_PER_BATCH": (1, int),
+           "SOLVER.CHECKPOINT_PERIOD": (1, int), "SOLVER.WARMUP_ITERS": (0, int),
+           "DATALOADER.NUM_WORKERS": (0, int), "TEST.DETECTIONS_PER_IMAGE": (1, int),
+           "SOLVER.BASE_LR": (0.0, float), "SOLVER.MOMENTUM": (0.0, float),
+           "SOLVER.WEIGHT_DECAY": (0.0, float), "MODEL.ROI_HEADS.SCORE_THRESH_TEST": (0.0, float)}
+
+
+def check_values(cfg: CfgNode) -> None:
+    """Every range-checked key (``_RANGES``) holds a finite number in range (one line)."""
+    import math
+    for key, (low, kind) in _RANGES.items():
+        value = _get(cfg, key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value) and value >= low and (kind is float or float(value).is_integer())
+        if key == "SOLVER.BASE_LR" and ok:
+            ok = value > 0
+        if key == "MODEL.ROI_HEADS.SCORE_THRESH_TEST" and ok:
+            ok = value <= 1
+        if not ok:
+            want = {"SOLVER.BASE_LR": "a finite number > 0",
+                    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": "a number in [0, 1]"}.get(
+                        key, f"{'an integer' if kind is int else 'a finite number'} >= {low}")
+            raise ConfigError(f"{key} {value!r}: pass {want}")
+
+
 def build_cfg(config_file: str | Path, export_dir: str | Path, opts: list[str] | None = None,
               world_size: int = 1, output_dir: str | Path | None = None,
               device: str | None = None, total_batch: int | None = None,
@@ -80,11 +108,16 @@ def build_cfg(config_file: str | Path, export_dir: str | Path, opts: list[str] |
     cfg = get_cfg()
     add_us3l_config(cfg)
     cfg.SOLVER.ACCUMULATION_STEPS = 1
-    try:
-        cfg.merge_from_file(str(config_file))
-    except (KeyError, ValueError, AssertionError, OSError) as err:
+    import yaml
+    try:  # safe YAML only: detectron2's default (allow_unsafe) would construct Python objects
+        cfg.merge_from_file(str(config_file), allow_unsafe=False)
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(f"{config_file} holds Python object tags (refused, nothing from it ran: "
+                          f"{one_line(getattr(err, 'problem', err), 120)}); a detectron2 config "
+                          f"is plain YAML") from None
+    except (KeyError, ValueError, AssertionError, OSError, TypeError, yaml.YAMLError) as err:
         raise ConfigError(f"{config_file} is not a detectron2 config for this project "
-                          f"({str(err).splitlines()[0][:160]})") from None
+                          f"({one_line(err, 160)})") from None
     arch = detector_plan(meta)["arch"]
     if cfg.MODEL.RESNETS.DEPTH != DEPTH_OF.get(arch):
         raise ConfigError(f"{config_file} is an R-{cfg.MODEL.RESNETS.DEPTH} config but the export "
@@ -100,10 +133,12 @@ def build_cfg(config_file: str | Path, export_dir: str | Path, opts: list[str] |
                               "--ims-per-gpu M to accumulate gradients")
         try:
             cfg.merge_from_list(opts)
-        except (KeyError, AssertionError, ValueError) as err:
+        except (KeyError, AssertionError, ValueError, TypeError, SyntaxError) as err:
             raise ConfigError(f"bad detectron2 option in {opts}: {err}") from None
+    check_values(cfg)
     asked = _option(opts, "SOLVER.IMS_PER_BATCH")
-    if total_batch is not None and asked is not None and int(asked) != int(total_batch):
+    if total_batch is not None and asked is not None and \
+            int(cfg.SOLVER.IMS_PER_BATCH) != int(total_batch):
         raise ConfigError(f"--total-batch {total_batch} and SOLVER.IMS_PER_BATCH {asked} differ; "
                           f"pass one")
     total = int(total_batch or cfg.SOLVER.IMS_PER_BATCH)
@@ -112,7 +147,8 @@ def build_cfg(config_file: str | Path, export_dir: str | Path, opts: list[str] |
     except protocol.ProtocolError as err:
         raise ConfigError(str(err)) from None
     explicit = _option(opts, "SOLVER.BASE_LR")
-    lr, lr_note = protocol.scaled_lr(total, float(explicit) if explicit is not None else None)
+    lr, lr_note = protocol.scaled_lr(total, float(cfg.SOLVER.BASE_LR) if explicit is not None
+                                     else None)
     cfg.SOLVER.IMS_PER_BATCH = total
     cfg.SOLVER.ACCUMULATION_STEPS = batching.accumulation
     cfg.SOLVER.BASE_LR = lr

@@ -99,15 +99,30 @@ def eval_transform(image_size: int, stem: str = "imagenet"):
 
 
 class _Transformed(Dataset):
+    """``base`` with the eval transform; an image that cannot be decoded (corrupt or truncated
+    file) is one ``CalibDataError`` line naming the file."""
+
     def __init__(self, base: Dataset, transform):
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def _name(self, i: int) -> str:
+        samples = getattr(self.base, "samples", None)
+        if samples is not None:
+            return str(samples[i][0])
+        files = getattr(self.base, "files", None)
+        return str(files[i]) if files is not None else f"#{i}"
+
     def __getitem__(self, i):
-        image, label = self.base[i]
-        return self.transform(image), label
+        try:
+            image, label = self.base[i]
+            return self.transform(image), label
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated
+            first = " ".join(str(err).split())[:120] or type(err).__name__
+            raise CalibDataError(f"calibration image {self._name(i)} cannot be read ({first}); "
+                                 f"remove or replace it, or pass other --calib-data") from None
 
 
 class _FlatFolder(Dataset):

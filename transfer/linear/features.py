@@ -44,7 +44,9 @@ def default_cache_dir() -> Path:
 
 
 class FeatureCache:
-    """Feature tensors on disk, one file per key; files carry their key and are written atomically."""
+    """Feature tensors on disk, one file per key; files carry their key and are written atomically.
+    A file that is unreadable, holds code (refused by ``weights_only``), another key or
+    non-finite features is a miss and gets rewritten; temp names are never read."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -64,7 +66,12 @@ class FeatureCache:
         if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT \
                 or blob.get("key") != json.loads(json.dumps(key, sort_keys=True)):
             return None
-        return blob["features"], blob["labels"]
+        feats, labels = blob.get("features"), blob.get("labels")
+        if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor) or \
+                feats.dim() != 2 or labels.shape != feats.shape[:1] or \
+                not bool(torch.isfinite(feats).all()):
+            return None  # damaged or foreign: a miss, rewritten from the images
+        return feats, labels
 
     def put(self, key: dict, features: torch.Tensor, labels: torch.Tensor) -> Path:
         blob = {"format": CACHE_FORMAT, "key": json.loads(json.dumps(key, sort_keys=True)),
@@ -81,7 +88,7 @@ def extract(model: nn.Module, dataset: Dataset, device: torch.device, batch_size
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     feats, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, targets in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         out = model(images.to(device, non_blocking=True))
         if out.dim() > 2:  # a backbone returning maps: global-average-pool them
             out = out.flatten(2).mean(-1)

@@ -158,7 +158,7 @@ def sweep(x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_v
     steps = grid
     if progress:
         from tqdm.auto import tqdm
-        steps = tqdm(grid, desc="C sweep", leave=False)
+        steps = tqdm(grid, desc="C sweep", leave=False, disable=None)
     for C in steps:
         init = None if last is None else _extrapolate(last, before, C)
         current = fit(problem, C, init=init, max_iter=max_iter, tol=tol)

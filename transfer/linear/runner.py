@@ -4,6 +4,12 @@ tools/linear_probe.py parses the command line and calls ``run``; this module own
 (check every dataset first, then per width: costs, then per dataset: features + solver) and the
 output files. Progress is kept in ``results.partial.json`` (replaced atomically after each probe);
 the final files appear only when every probe is done.
+
+Nothing is written before every input has been checked (each width's weights loaded safely,
+every dataset opened), and config.json is written with the first finished probe. A bad input
+found only later (a corrupt image, unreadable calibration data) removes what this run wrote, so
+a fresh output folder is left absent; an interrupt keeps the finished probes. A SGD probe whose
+loss goes non-finite stops the run with ``ProbeDiverged`` naming the width and dataset.
 """
 from __future__ import annotations
 
@@ -23,6 +29,10 @@ from transfer.report.plots import accuracy_plots
 from transfer.report.tables import markdown_table
 
 RESULTS_FORMAT = "us3l-linear-probe-v1"
+
+
+class ProbeDiverged(RuntimeError):
+    """A probe's loss went non-finite (one line: width, dataset, what to change)."""
 
 
 @dataclass
@@ -74,15 +84,30 @@ def _write_json(path: Path, obj: dict) -> None:
 def run(src: CheckpointSource | ExportSource, widths: list[float], names: list[str],
         settings: ProbeSettings, config: dict | None = None) -> dict:
     """Probe every width on every dataset; returns the content of results.json. ``config`` (the
-    command and its arguments) is saved as config.json once the inputs have been checked."""
+    command and its arguments) is saved as config.json with the first finished probe."""
     from transfer.linear.features import default_cache_dir
     device = lbfgs.default_device()
     widths = [src.check_width(w) for w in widths]
+    for width in widths:
+        src.check(width)
     preflight(names, settings)
     cache = FeatureCache(settings.cache_dir or default_cache_dir())
     out = Path(settings.out)
-    if config is not None:
-        _write_json(out / "config.json", config)
+    existed = out.exists()
+    ours = [p for p in (out / "config.json", out / "results.partial.json") if not p.exists()]
+    try:
+        return _run(src, widths, names, settings, config, cache, device, out)
+    except KeyboardInterrupt:
+        raise  # finished probes stay in results.partial.json
+    except BaseException:  # bad input found late, a divergence: leave no half-run behind
+        for path in ours:
+            path.unlink(missing_ok=True)
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _run(src, widths, names, settings, config, cache, device, out) -> dict:
     results = {"format": RESULTS_FORMAT, "protocol": settings.protocol, "source": src.describe(),
                "datasets": list(names), "metrics": {n: METRIC[n] for n in names},
                "image_size": settings.image_size,
@@ -90,6 +115,7 @@ def run(src: CheckpointSource | ExportSource, widths: list[float], names: list[s
     if settings.protocol == "lbfgs":
         results["grid"] = [min(settings.grid), max(settings.grid), len(settings.grid)]
     partial = out / "results.partial.json"
+    config_written = False
     for width in widths:
         row = {"width": width, **src.costs(width, settings.image_size), "datasets": {}}
         results["rows"].append(row)
@@ -101,9 +127,18 @@ def run(src: CheckpointSource | ExportSource, widths: list[float], names: list[s
             return built[0]
 
         for name in names:
-            row["datasets"][name] = _one(src, width, name, settings, cache, device, get_model)
+            try:
+                row["datasets"][name] = _one(src, width, name, settings, cache, device, get_model)
+            except FloatingPointError as err:
+                raise ProbeDiverged(f"width {width:g}, {name}: {' '.join(str(err).split())}") \
+                    from None
+            if config is not None and not config_written:
+                _write_json(out / "config.json", config)
+                config_written = True
             _write_json(partial, results)
         built.clear()
+    if config is not None and not config_written:
+        _write_json(out / "config.json", config)
     _write_json(out / "results.json", results)
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(markdown_table(results)))
     accuracy_plots(results, out)

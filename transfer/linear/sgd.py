@@ -88,7 +88,8 @@ def probe(backbone: nn.Module, feature_dim: int, name: str, root, metric: str, n
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
     losses = []
-    for _ in tqdm(range(cfg.epochs), desc=f"SGD linear {name}", unit="epoch", leave=False):
+    for epoch in tqdm(range(cfg.epochs), desc=f"SGD linear {name}", unit="epoch", leave=False,
+                      disable=None):
         total, count = 0.0, 0
         for images, labels in train_loader:
             with torch.no_grad():
@@ -101,8 +102,8 @@ def probe(backbone: nn.Module, feature_dim: int, name: str, root, metric: str, n
         sched.step()
         losses.append(total / max(count, 1))
         if not np.isfinite(losses[-1]):
-            raise FloatingPointError(f"SGD linear probe diverged on {name} (loss {losses[-1]}); "
-                                     f"lower --sgd-lr")
+            raise FloatingPointError(f"SGD linear probe diverged on {name} at epoch {epoch + 1} "
+                                     f"(loss {losses[-1]}); lower --sgd-lr")
     pred, target = _predict(backbone, head, test_loader, device)
     return {"metric": metric, "value": score(metric, pred, target),
             "weight_decay": cfg.weight_decay, "config": {k: list(v) if isinstance(v, tuple) else v

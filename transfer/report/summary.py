@@ -3,13 +3,15 @@
 It reads, never recomputes: ``export/w*/meta.json`` (params, MACs), ``probe/results.json``
 (linear-probe accuracy), ``det/*/metrics.json`` (AP per engine and task) and the pretraining
 logs (``pretrain/widths.csv``: loss and embedding std per sampled width). It writes
-``report.md``, ``report.html`` and PNG plots next to them.
+``report.md``, ``report.html`` and PNG plots next to them. Reading is safe: plain JSON only,
+hidden and temporary entries (a killed writer's) skipped, NaN shown as '–', and a file that is
+not what it should be is one ``UnsafeFileError`` line naming it.
 """
 from __future__ import annotations
 
 import csv
 import html
-import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -19,34 +21,68 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pretrain.safe_io import atomic_write  # noqa: E402
+from pretrain.safe_io import UnsafeFileError, atomic_write, published, read_json  # noqa: E402
 from transfer.report.tables import SHORT, human  # noqa: E402
 
 
-def _load_json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+def _load_json(path: Path, what: str):
+    """Parsed JSON (plain data only), None when absent, or one ``UnsafeFileError`` line."""
+    return read_json(path, what) if path.is_file() else None
+
+
+def _finite(value):
+    """A finite number, else None (shown as '–'; a NaN never reaches a table or a plot)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if ok else None
+
+
+def _found(folder: Path, pattern: str) -> list[Path]:
+    """``folder.glob(pattern)`` without hidden or temporary entries (a killed writer's)."""
+    if not folder.is_dir():
+        return []
+    found = sorted(folder.glob(pattern))
+    keep = {folder / p for p in published(f.relative_to(folder) for f in found)}
+    return [f for f in found if f in keep and f.is_file()]
 
 
 def collect(out: Path) -> dict:
-    """Everything the report shows, keyed by width."""
+    """Everything the report shows, keyed by width. Hidden and temporary folders are skipped;
+    a file that is not what it should be is one ``UnsafeFileError`` line naming it."""
     widths: dict[float, dict] = defaultdict(dict)
-    for meta_path in sorted((out / "export").glob("w*/meta.json")):
-        meta = json.loads(meta_path.read_text())
-        w = float(meta["width"])
-        widths[w]["params"] = meta.get("params")
-        widths[w]["macs"] = meta.get("macs_224")
-        widths[w]["channels"] = meta.get("channel_plan", {}).get("out")
-    probe = _load_json(out / "probe" / "results.json")
+    for meta_path in _found(out / "export", "w*/meta.json"):
+        meta = _load_json(meta_path, "export meta")
+        try:
+            w = float(meta["width"])
+            widths[w]["params"] = _finite(meta.get("params"))
+            widths[w]["macs"] = _finite(meta.get("macs_224"))
+            widths[w]["channels"] = (meta.get("channel_plan") or {}).get("out")
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UnsafeFileError(f"export meta {meta_path} lacks a width or channel plan "
+                                  f"({type(err).__name__}: {err})") from None
+    probe = _load_json(out / "probe" / "results.json", "probe results")
+    if probe is not None and not isinstance(probe, dict):
+        raise UnsafeFileError(f"probe results {out / 'probe' / 'results.json'} do not hold a "
+                              f"results record")
     if probe:
-        for row in probe["rows"]:
-            for name, entry in row["datasets"].items():
-                widths[float(row["width"])][f"probe:{name}"] = entry["value"]
+        try:
+            for row in probe["rows"]:
+                for name, entry in row["datasets"].items():
+                    widths[float(row["width"])][f"probe:{name}"] = _finite(entry["value"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UnsafeFileError(f"probe results {out / 'probe' / 'results.json'} do not hold "
+                                  f"rows of width and dataset values ({type(err).__name__}: "
+                                  f"{err})") from None
     det_runs = []
-    for metrics_path in sorted((out / "det").glob("*/metrics.json")):
-        m = json.loads(metrics_path.read_text())
+    for metrics_path in _found(out / "det", "*/metrics.json"):
+        m = _load_json(metrics_path, "detection metrics")
+        try:
+            key = f"det:{m['engine']}:{m['task']}"
+            widths[float(m["width"])][key] = _finite(m.get("AP50") if m["task"] == "voc"
+                                                     else m.get("AP"))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise UnsafeFileError(f"detection metrics {metrics_path} lack engine, task or width "
+                                  f"({type(err).__name__}: {err})") from None
         det_runs.append(m)
-        key = f"det:{m['engine']}:{m['task']}"
-        widths[float(m["width"])][key] = m.get("AP50") if m["task"] == "voc" else m.get("AP")
     return {"widths": dict(sorted(widths.items(), reverse=True)), "probe": probe, "det": det_runs}
 
 
@@ -103,12 +139,18 @@ def plot_training_curves(out: Path, path: Path) -> Path | None:
     if not src.is_file():
         return None
     curves: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
-    with open(src) as fh:
-        for row in csv.DictReader(fh):
-            if row.get("role") == "random":  # one point per random width: no curve to draw
-                continue
-            label = f"{row['role']} {float(row['width']):g}x" if row.get("role") else row["width"]
-            curves[label].append((int(row["iteration"]), float(row["loss"]), float(row["std"])))
+    try:
+        with open(src, newline="") as fh:
+            for row in csv.DictReader(fh):
+                if row.get("role") == "random":  # one point per random width: no curve to draw
+                    continue
+                label = f"{row['role']} {float(row['width']):g}x" if row.get("role") \
+                    else row["width"]
+                curves[label].append((int(row["iteration"]), float(row["loss"]),
+                                      float(row["std"])))
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as err:
+        raise UnsafeFileError(f"training log {src} is not a readable widths.csv "
+                              f"({type(err).__name__}: {err})") from None
     if not curves:
         return None
     fig, (ax_loss, ax_std) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -140,11 +182,14 @@ def write_report(out: str | os.PathLike, preset_name: str, steps: list[dict], ar
              "Detection numbers are per engine; the engines' schedules differ, so never compare "
              "them across engines.", "", table(data)]
     if data["probe"]:
-        parts += ["Probe protocol: " + data["probe"].get("protocol", "?") + "; metrics: "
-                  + ", ".join(f"{SHORT.get(k, k)} {v}" for k, v in data["probe"].get("metrics", {}).items()),
+        names = data["probe"].get("metrics")
+        names = names if isinstance(names, dict) else {}
+        parts += ["Probe protocol: " + str(data["probe"].get("protocol", "?")) + "; metrics: "
+                  + ", ".join(f"{SHORT.get(k, k)} {v}" for k, v in names.items()),
                   ""]
     for run in data["det"]:
-        keys = [k for k in ("AP", "AP50", "AP75", "APm", "APm50", "APm75") if run.get(k) is not None]
+        keys = [k for k in ("AP", "AP50", "AP75", "APm", "APm50", "APm75")
+                if _finite(run.get(k)) is not None]
         parts.append(f"- {run['engine']} {run['task']} at {float(run['width']):g}x: "
                      + ", ".join(f"{k} {run[k]:.1f}" for k in keys))
     if data["det"]:
