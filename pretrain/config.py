@@ -45,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
         # InfoNCE negatives/targets from every process (true) or the local batch (false); null =
         # what the method's reference code does (pretrain/methods/__init__.py: GATHER_NEGATIVES).
         "gather_negatives": None,
+        # InfoNCE against a detached target (momentum base loss, NCE distillation): simclr2b (Eq. 2
+        # over [q; sg(k)], official nt_xentv2) | moco (MoCo v3's B form; Eq. 7 as printed); null =
+        # the method's reference (pretrain/methods/__init__.py: INFONCE_FORM).
+        "infonce_form": None,
     },
     "heads": {
         "projector": {"hidden": 2048, "out": 256, "layers": 3, "bn_last": True},
@@ -59,7 +63,14 @@ DEFAULTS: dict[str, Any] = {
         "max_width": 1.0,
         "fixed_width": None,    # train one width only (individually trained baselines)
     },
-    "regularization": {"type": "group", "groups": 8, "alpha": 0.05, "lam": 5.0e-5},
+    "regularization": {
+        "type": "group", "groups": 8, "alpha": 0.05, "lam": 5.0e-5,
+        # alpha's schedule (official GroupReg.cal_lambda): plain L2 (alpha 0) for warmup_epochs,
+        # then alpha ramps linearly to its value at ramp_until (a fraction of the schedule; 0.5 =
+        # half of training, the official total_epochs // 2; 0 = the full alpha from the start).
+        "warmup_epochs": 0.0,
+        "ramp_until": 0.5,
+    },
     "optim": {
         "name": "sgd",          # sgd | lars | adamw
         "lr": 0.5,

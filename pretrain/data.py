@@ -213,12 +213,14 @@ def build_datasets(data: dict) -> tuple[Dataset, Dataset | None]:
 
 # --- augmentations --------------------------------------------------------------------------------
 def two_view_transform(kind: str, size: int) -> v2.Compose:
-    """One random view (SimCLR/BYOL recipe); ``kind`` 'cifar' (small images) or 'imagenet'."""
+    """One random view; ``kind`` 'cifar' (small images) or 'imagenet'. Both follow the official
+    US3L ``datasets/__init__.py`` ``build_ssl_transform`` (every method of Tables 1-6): crop scale
+    (0.2, 1) and ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2; ImageNet adds blur p 0.5
+    (docs/protocol.md, "augmentations")."""
     ops = [v2.ToImage(),
-           v2.RandomResizedCrop(size, scale=(0.2, 1.0) if kind == "cifar" else (0.08, 1.0),
-                                antialias=True),
+           v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
            v2.RandomHorizontalFlip(),
-           v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4 if kind == "cifar" else 0.2, 0.1)], p=0.8),
+           v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
            v2.RandomGrayscale(p=0.2)]
     if kind == "imagenet":
         k = max(3, int(0.1 * size) // 2 * 2 + 1)

@@ -69,7 +69,7 @@ from pretrain.losses import embedding_std
 from pretrain.methods import US3L
 from pretrain.models import build_backbone
 from pretrain.monitor import Monitor, knn_accuracy
-from pretrain.regularizers import build_regularizer
+from pretrain.regularizers import build_regularizer, scheduled_alpha
 from pretrain.sampling import widths_for_iteration
 
 # Sections whose change alters what a resumed run means (the rest -- output, monitor, checkpoint,
@@ -250,6 +250,18 @@ def _comparable(stored: dict) -> dict:
     method = stored.get("method")
     if isinstance(method, dict) and "gather_negatives" not in method:
         method["gather_negatives"] = False  # saved before the switch existed: local negatives
+    # Saved before the loss form and the alpha schedule existed (issue 12): InfoNCE against a
+    # detached target was the B form, alpha was constant. Where that mattered, say so, so that a
+    # resume with today's defaults is a listed change, not a silent one.
+    if isinstance(method, dict) and "infonce_form" not in method and (
+            (method.get("base_loss") == "infonce" and method.get("momentum_base"))
+            or method.get("distill_loss") == "infonce"):
+        method["infonce_form"] = "moco"
+    reg = stored.get("regularization")
+    if (isinstance(reg, dict) and "ramp_until" not in reg and reg.get("type") == "group"
+            and reg.get("alpha")):
+        reg.setdefault("warmup_epochs", 0.0)
+        reg["ramp_until"] = 0.0
     try:
         return resolve(deep_merge(DEFAULTS, stored))
     except (ConfigError, TypeError, ValueError, KeyError, AttributeError):
@@ -319,8 +331,10 @@ class Trainer:
         self.method = US3L(backbone, cfg).to(self.device)
         self.max_width = float(cfg["sampling"]["max_width"])
         o = self.method.online
+        # g (o.distill_head) serves the sub-networks only: no decay in iterations without them
         self.regularizer = build_regularizer(cfg["regularization"], o.backbone,
-                                             [o.projector, o.predictor, o.distill_head])
+                                             [o.projector, o.predictor, o.distill_head],
+                                             student_heads=[o.distill_head])
         if self.regularizer is not None:
             self.regularizer.to(self.device)
         self.sync_bn = self.world > 1 and self.device.type == "cuda" and cfg["dist"]["sync_bn"]
@@ -541,11 +555,18 @@ class Trainer:
         slim.set_width(inner, self.max_width)
         # Group regularization once per iteration (line 5), added to .grad after the (DDP-reduced)
         # backward passes: a second autograd path would mark g ready twice under DDP (issue 19).
+        # Its alpha follows the schedule (regularizers.group_alpha), and g, which only the
+        # sub-networks use, is decayed only in iterations that run one.
         reg = torch.zeros((), device=self.device)
+        reg_alpha = 0.0
         if self.regularizer is not None:
+            reg_alpha = self.reg_alpha(t)
+            self.regularizer.set_alpha(reg_alpha)
+            students = len(widths) > 1
             with torch.no_grad():
-                reg = self.regularizer()
-            self.regularizer.add_grad_(self.scaler.get_scale() if self.amp else 1.0)
+                reg = self.regularizer(students=students)
+            self.regularizer.add_grad_(self.scaler.get_scale() if self.amp else 1.0,
+                                       students=students)
         self._check_losses(t, records, float(reg.detach()))
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -558,7 +579,13 @@ class Trainer:
         self.iteration = t
         reg_value = float(reg.detach())
         return {"records": records, "lr": lr, "momentum": momentum, "reg": reg_value,
-                "loss": sum(r["loss"] for r in records) + reg_value}
+                "reg_alpha": reg_alpha, "loss": sum(r["loss"] for r in records) + reg_value}
+
+    def reg_alpha(self, t: int) -> float:
+        """Group regularization's alpha in iteration ``t`` (1-based): the official schedule at
+        epoch (t - 1) / iterations-per-epoch of total / iterations-per-epoch."""
+        return scheduled_alpha(self.cfg["regularization"], (t - 1) / self.iters_per_epoch,
+                               self.total / self.iters_per_epoch)
 
     def _check_losses(self, t: int, records: list[dict], reg: float) -> None:
         """``DivergedError`` naming the iteration and the width when a loss is NaN/Inf, before

@@ -12,6 +12,12 @@ negatives carry gradient, gathers with ``gather_with_grad`` (SimCLR's cross-repl
 rank's value is the mean over its own anchors, so the ranks' mean is the loss of one process over
 the concatenated batch, and so is the DDP-averaged gradient. Without a process group ``gather``
 changes nothing.
+
+Two forms of InfoNCE against a detached target (``method.infonce_form``, methods/__init__.py):
+``info_nce_2b`` is Eq. 2's 2B form (the official US3L ``nt_xentv2`` over [z; sg(t)]: both sides
+anchored, 2B-2 negatives including online-online pairs; US3L's default for the momentum base loss
+and for NCE distillation); ``info_nce_target`` / ``nce_distill`` are the B form (MoCo v3's
+``contrastive_loss``, Eq. 7 as printed: z against the B targets, B-1 negatives).
 """
 from __future__ import annotations
 
@@ -60,17 +66,22 @@ def nce_distill(zs: torch.Tensor, zt: torch.Tensor, temperature: float = 1.0,
         return F.cross_entropy(logits, target)
 
 
-def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
-             normalized: bool = False, gather: bool = False) -> torch.Tensor:
-    """Eq. 2 (SimCLR's NT-Xent): each of the 2N views against its pair and the other 2N-2 views
-    (with ``gather``: this rank's 2n views against all 2N views of every rank)."""
+def _nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, normalized: bool,
+             gather: bool, stop_second: bool) -> torch.Tensor:
+    """SimCLR's NT-Xent over the 2N set [z1; z2]: every row anchored, its pair the positive, the
+    other 2N-2 rows negatives. ``stop_second``: z2 is a target (detached, gathered without
+    gradient); z1 keeps its gradient, also where it is a negative or the positive of a z2 row."""
     with torch.autocast(z1.device.type, enabled=False):
         z1, z2 = _f32(z1, z2)
+        if stop_second:
+            z2 = z2.detach()
         z1, z2 = _norm(z1, normalized), _norm(z2, normalized)
         n = len(z1)
         anchors = torch.cat([z1, z2])
         if gather:  # negatives keep their gradient (SimCLR): gather_with_grad
-            z1, z2 = distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)
+            z1 = distributed.gather_with_grad(z1)
+            z2 = (distributed.concat_all_gather(z2) if stop_second
+                  else distributed.gather_with_grad(z2))
         big = len(z1)                      # N = world * n (n when not gathering)
         columns = torch.cat([z1, z2])      # [view 1 of every rank, view 2 of every rank]
         logits = anchors @ columns.t() / temperature
@@ -80,6 +91,28 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
             F.one_hot(self_idx, 2 * big).bool(), float("-inf"))
         target = torch.cat([own + big, own])
         return F.cross_entropy(logits, target)
+
+
+def info_nce(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5,
+             normalized: bool = False, gather: bool = False) -> torch.Tensor:
+    """Eq. 2 (SimCLR's NT-Xent): each of the 2N views against its pair and the other 2N-2 views
+    (with ``gather``: this rank's 2n views against all 2N views of every rank)."""
+    return _nt_xent(z1, z2, temperature, normalized, gather, stop_second=False)
+
+
+def info_nce_2b(z: torch.Tensor, t: torch.Tensor, temperature: float = 0.5,
+                normalized: bool = False, gather: bool = False) -> torch.Tensor:
+    """Eq. 2 in its 2B form against a target: the official US3L ``nt_xentv2(z, t.detach())``
+    (megvii-research/US3L-CVPR2023 losses/criterions/InfoNCEv2_distill.py).
+
+    Over the 2B set [z; sg(t)] every row is an anchor: z_i's positive is t_i and its 2B-2
+    negatives are the other z_j (online-online pairs) and the other t_j; t_i's positive is z_i
+    and its negatives the other t_j and z_j. ``t`` (a momentum key, a teacher output) is
+    detached, so the gradient reaches ``z`` through its own rows and through the t rows, where
+    z_j is a positive or a negative. The batch mean over the 2B rows. With ``gather`` this
+    rank's 2b rows are contrasted against the 2B rows of every rank (``z`` gathered with its
+    gradient, ``t`` without), so the ranks' mean is the one-process loss on the whole batch."""
+    return _nt_xent(z, t, temperature, normalized, gather, stop_second=True)
 
 
 def info_nce_target(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.5,

@@ -56,7 +56,7 @@ def test_splits_are_disjoint_and_seeded(root):
     n = len(D.load("cifar10", root, "train", verify_md5=False))
     fit = splits.indices("cifar10", "train", n)
     val = splits.indices("cifar10", "val", n)
-    assert len(val) == round(0.2 * n) and len(fit) + len(val) == n
+    assert len(val) == int(0.2 * n) and len(fit) + len(val) == n
     assert not set(fit) & set(val)
     assert (splits.indices("cifar10", "val", n) == val).all()  # same seed, same split
     assert len(splits.indices("flowers102", "val", 7)) == 7  # official split: all of it

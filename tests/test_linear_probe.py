@@ -81,11 +81,14 @@ def test_solver_matches_sklearn():
     from sklearn.linear_model import LogisticRegression
     (xa, ya), (xs, ys) = digits_features()
     fit_idx, val_idx = splits.held_out(len(ya))
-    grid = np.logspace(-3, 2, 11)  # a coarse grid keeps scikit-learn's side short
+    # a coarse grid keeps scikit-learn's side short; C <= 10: both solvers converge there (at
+    # C = 100 scikit-learn's 1000 iterations stop short and the two differ by a val image)
+    grid = np.logspace(-3, 1, 9)
     feats = {"train": (torch.from_numpy(xa[fit_idx]), torch.from_numpy(ya[fit_idx])),
              "val": (torch.from_numpy(xa[val_idx]), torch.from_numpy(ya[val_idx])),
              "test": (torch.from_numpy(xs), torch.from_numpy(ys))}
-    ours = lbfgs.probe(feats, "top1", 10, grid=grid, device=torch.device("cpu"))
+    ours = lbfgs.probe(feats, "top1", 10, grid=grid, device=torch.device("cpu"),
+                       solver="converged")
 
     clf, best = LogisticRegression(max_iter=1000, warm_start=True), (-1.0, None)
     with warnings.catch_warnings():
@@ -93,7 +96,7 @@ def test_solver_matches_sklearn():
         for C in grid:  # the same protocol: sweep on val, refit on train+val, score on test
             clf.set_params(C=C).fit(xa[fit_idx], ya[fit_idx])
             value = 100 * clf.score(xa[val_idx], ya[val_idx])
-            if value > best[0]:
+            if value >= best[0]:  # ascending C: a tie keeps the larger C
                 best = (value, C)
         final = LogisticRegression(C=best[1], max_iter=1000).fit(xa, ya)
     theirs = 100 * final.score(xs, ys)
@@ -159,7 +162,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 FIXTURE_SIZES = {  # dataset -> (n_train, n_val, n_test) of the fixtures above
     "cifar10": (16, 4, 20), "cifar100": (160, 40, 200), "flowers102": (204, 204, 204),
-    "pets": (59, 15, 74), "dtd": (94, 94, 94)}
+    "pets": (60, 14, 74), "dtd": (94, 94, 94)}  # val = floor(20%) as ssl-transfer
 FAST = ["--calib-batches", 2, "--calib-batch-size", 16]  # BN calibration: 32 images
 
 

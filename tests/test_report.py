@@ -87,3 +87,118 @@ def test_report_cells_equal_their_source_files(tmp_path):
     page = (tmp_path / "report.html").read_text()
     for expected in EXPECTED.values():
         assert "<tr>" + "".join(f"<td>{c}</td>" for c in expected) + "</tr>" in page
+
+
+# ---------------------------------------------------------------------------- checkpoints compared
+# Two checkpoints (tools/run_all.py --compare): a slimmable one at 1.0/0.5/0.25 and a fixed-width
+# import at 1.0 only; each in its own folder, as run_all lays them out.
+COMPARED = [
+    {"label": "US3L (ours)", "folder": "compare/ours-11111111", "sha256": "11" * 32,
+     "checkpoint": "/ckpt/ours.pth", "arch": "resnet18", "stem": "imagenet",
+     "width_range": [0.25, 1.0], "origin": "tools/pretrain.py (us3l, iteration 6)",
+     "probe": PROBE, "det": DET},
+    {"label": "solo-learn BYOL", "folder": "compare/byol-22222222", "sha256": "22" * 32,
+     "checkpoint": "/ckpt/byol.pth", "arch": "resnet18", "stem": "imagenet",
+     "width_range": [1.0, 1.0], "origin": "tools/import_checkpoint.py --from solo-learn",
+     "probe": {1.0: {"cifar10": 80.04, "dtd": 41.96}},
+     "det": [("detectron2", "voc", 1.0, {"AP": 45.0, "AP50": 70.04, "AP75": 44.0})]},
+]
+
+
+def _write_compared(out: Path) -> list[dict]:
+    entries = []
+    for spec in COMPARED:
+        folder = out / spec["folder"]
+        folder.mkdir(parents=True)
+        for width in spec["probe"]:
+            meta = dict(EXPORTS[width], width=width, calibration={"data": "digits"},
+                        source={"sha256": spec["sha256"], "method": "us3l"})
+            (folder / "export" / f"w{width:.2f}").mkdir(parents=True)
+            (folder / "export" / f"w{width:.2f}" / "meta.json").write_text(json.dumps(meta))
+        rows = [{"width": w, "datasets": {n: {"value": v} for n, v in d.items()}}
+                for w, d in spec["probe"].items()]
+        (folder / "probe").mkdir()
+        (folder / "probe" / "results.json").write_text(json.dumps(
+            {"rows": rows, "protocol": "lbfgs", "metrics": {"cifar10": "top1", "dtd": "top1"}}))
+        for engine, task, width, metrics in spec["det"]:
+            run = folder / "det" / f"{engine}_{task}_w{width:g}"
+            run.mkdir(parents=True)
+            (run / "metrics.json").write_text(json.dumps(
+                {"engine": engine, "task": task, "width": width, **metrics}))
+        entries.append({k: v for k, v in spec.items() if k not in ("probe", "det")})
+    return entries
+
+
+def _section(markdown: str, title: str) -> list[list[str]]:
+    """The table under the heading ``## title``."""
+    lines = markdown.splitlines()
+    start = lines.index(f"## {title}") + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def test_compared_checkpoints_side_by_side_one_column_each(tmp_path):
+    """One table per measure, one column per checkpoint headed by its label in the order given,
+    each cell its own checkpoint's value; the fixed-width import fills only its 1x row."""
+    entries = _write_compared(tmp_path)
+    report = write_report(tmp_path, "unit", steps=[], argv=["tools/run_all.py", "--compare",
+                                                            "US3L (ours)=/ckpt/ours.pth"],
+                          compare=entries)
+    text = report.read_text()
+    labels = ["US3L (ours)", "solo-learn BYOL"]
+    assert "2 checkpoints side by side: US3L (ours) vs solo-learn BYOL." in text
+    expected = {
+        "C-10 acc (linear probe, %)": [["1x", "71.3", "80.0"], ["0.5x", "64.9", "–"],
+                                       ["0.25x", "12.3", "–"]],
+        "DTD acc (linear probe, %)": [["1x", "30.0", "42.0"], ["0.5x", "0.0", "–"]],
+        "VOC AP50 (detectron2) (AP, %)": [["1x", "66.7", "70.0"]],
+        "COCO box AP (mmdet) (AP, %)": [["1x", "8.4", "–"], ["0.5x", "0.0", "–"]],
+        "Params / MACs@224 of each network": [["1x", "11.18M / 1.81G", "11.18M / 1.81G"],
+                                              ["0.5x", "2.80M / 456.96M", "–"],
+                                              ["0.25x", "700.00K / 115.00M", "–"]],
+    }
+    for title, body in expected.items():
+        rows = _section(text, title)
+        assert rows[0] == ["Width", *labels] and set(rows[1][0]) <= set("-"), title
+        assert rows[2:] == body, (title, rows[2:])
+    # every cell against its own checkpoint's source file
+    for spec in COMPARED:
+        col = 1 + labels.index(spec["label"])
+        for width, values in spec["probe"].items():
+            for name, value in values.items():
+                title = {"cifar10": "C-10", "dtd": "DTD"}[name] + " acc (linear probe, %)"
+                row = next(r for r in _section(text, title)[2:] if r[0] == f"{width:g}x")
+                assert float(row[col]) == round(value, 1)
+    checkpoints = _section(text, "Checkpoints")
+    assert checkpoints[0] == ["Label", "Network", "Trained widths", "Evaluated widths", "Source",
+                              "sha256", "BN calibration", "Checkpoint"]
+    assert checkpoints[2] == ["US3L (ours)", "resnet18 (imagenet stem)", "0.25..1", "0.25 0.5 1",
+                              "tools/pretrain.py (us3l, iteration 6)", "11" * 6, "digits",
+                              "/ckpt/ours.pth"]
+    assert checkpoints[3][:4] == ["solo-learn BYOL", "resnet18 (imagenet stem)", "1 (fixed)", "1"]
+    assert "- solo-learn BYOL: detectron2 voc at 1x: AP 45.0, AP50 70.0, AP75 44.0" in text
+    assert "- US3L (ours): mmdet coco at 1x: AP 8.4, AP50 20.0, AP75 5.0, APm 7.5" in text
+    assert "'US3L (ours)=/ckpt/ours.pth'" in text  # the command, quoted as typed
+    for png in ("accuracy_vs_width.png", "accuracy_vs_macs.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    page = (tmp_path / "report.html").read_text()
+    assert "<tr><td>1x</td><td>71.3</td><td>80.0</td></tr>" in page
+    assert page.count("<img") == 2
+
+
+def test_compared_checkpoint_without_label_takes_its_meta_label(tmp_path):
+    """No label given: the import's recorded label (meta.json source.imported_from.label), else
+    the method (source.method)."""
+    entries = _write_compared(tmp_path)
+    meta_path = tmp_path / COMPARED[1]["folder"] / "export" / "w1.00" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["source"]["imported_from"] = {"format": "solo-learn", "label": "solo-learn byol"}
+    meta_path.write_text(json.dumps(meta))
+    for entry in entries:
+        entry.pop("label")
+    text = write_report(tmp_path, "unit", steps=[], argv=["x"], compare=entries).read_text()
+    assert _section(text, "C-10 acc (linear probe, %)")[0] == ["Width", "us3l", "solo-learn byol"]

@@ -10,16 +10,36 @@
 Every step calls the project's own command line (logged in OUT/logs/, listed in the report) and
 is skipped on a re-run when its inputs did not change (OUT/.steps/).
 
+Several checkpoints side by side (no pretraining; README, "Compare checkpoints"):
+
+    python tools/run_all.py --preset ci --calib-data digits --out /tmp/cmp --compare \
+        'US3L (ours)=runs/main/pretrain/checkpoint.pth' 'official US3L=runs/imp/official_r18.pth' \
+        'solo-learn BYOL=runs/imp/solo_byol.pth'
+
+Each LABEL=CKPT (a checkpoint from tools/pretrain.py or tools/import_checkpoint.py; an empty
+LABEL takes the checkpoint's own: the import's label, else its method) is converted, probed and,
+where the preset fine-tunes detectors and the network can go to them, fine-tuned at the preset's
+widths inside its trained range (a fixed-width checkpoint: its own width), in
+OUT/compare/<file>-<sha8>/ (named by content: a new label re-runs nothing). --calib-data SPEC
+recalibrates BN of every checkpoint on the same data; without it each uses its pretraining data,
+which an imported checkpoint does not have (then --calib-data is required). The report has one
+column per checkpoint at each width, headed by its label.
+
 Bad input (an unknown preset, a real-data preset without --data-root, a data folder that does not
-exist, --gpus below 1, --out under a regular file, a --pretrain-override that is not KEY=VALUE):
-one line, exit 2, checked before OUT is created. A step that fails: one line naming the step, its
-exit status and its log (OUT/logs/STEP.log), exit 1; the steps before it stay done and a re-run
-continues from there. Exit statuses: pretrain/cli.py.
+exist, --gpus below 1, --out under a regular file, a --pretrain-override that is not KEY=VALUE or
+given with --compare, a --compare value without '=', naming a missing file, a file that is not a
+US3L checkpoint, a label given twice, the same checkpoint twice, a label with '|', an import
+without --calib-data, a bad --calib-data): one line, exit 2, checked before OUT is created. A
+step that fails: one line naming the step, its exit status and its log (OUT/logs/STEP.log), exit
+1; the steps before it stay done and a re-run continues from there. Exit statuses:
+pretrain/cli.py.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +52,8 @@ from transfer.pipeline import Pipeline, Step, StepFailed, output_folder_problem 
 PROG = "run_all.py"
 
 # Each preset: how to pretrain, which widths, which probe datasets, which detection runs.
+# Optional keys: "calib_batch_size" (the converter's, else its default), "probe_options" (extra
+# tools/linear_probe.py options, e.g. a shorter --grid).
 PRESETS = {
     "demo": {
         "pretrain_config": "configs/pretrain/demo.yaml",
@@ -39,6 +61,7 @@ PRESETS = {
         "builtin_data": True,
         "widths": [0.25, 0.5, 0.75, 1.0],
         "calib_batches": 8,
+        "calib_batch_size": 32,  # 256 images: the CPU demo's budget (default 5 x 128, US-Net)
         "probe_datasets": ["cifar10", "digits"],
         "probe_image_size": 64,
         "det_widths": [0.5, 1.0],
@@ -55,6 +78,7 @@ PRESETS = {
         "builtin_data": True,
         "widths": [0.25, 1.0],
         "calib_batches": 2,
+        "calib_batch_size": 32,
         "probe_datasets": ["cifar10", "digits"],
         "probe_image_size": 32,
         "det_widths": [0.25],
@@ -63,13 +87,15 @@ PRESETS = {
         "det_iters": 2,
         "det_images": {"train": 4, "test": 3, "size": 96},
         "det_score_thresh": 0.0,  # every detection kept: the scores never depend on learning
+        # a 3-value C grid: every step and artefact, not the 45-value selection (tests' budget)
+        "probe_options": ["--grid", "0.1", "10", "3"],
     },
     "cifar100-r18": {
         "pretrain_config": "configs/pretrain/us3l_r18_cifar100.yaml",
         "pretrain_overrides": [],
         "builtin_data": False,
         "widths": [0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        "calib_batches": 50,
+        "calib_batches": 5,  # US-Net / official US3L: 5 batches of 128 (docs/protocol.md)
         "probe_datasets": ["cifar100"],
         "probe_protocol": "sgd",
         "probe_image_size": 32,
@@ -80,7 +106,7 @@ PRESETS = {
         "pretrain_overrides": [],
         "builtin_data": False,
         "widths": [0.25, 0.5, 0.75, 1.0],
-        "calib_batches": 50,
+        "calib_batches": 5,  # US-Net / official US3L: 5 batches of 128 (docs/protocol.md)
         "probe_datasets": ["cifar10", "cifar100", "flowers102", "pets", "dtd"],
         "probe_image_size": 224,
         "det_widths": [0.25, 0.5, 0.75, 1.0],
@@ -92,7 +118,8 @@ PRESETS = {
 
 
 def width_dir(width: float) -> str:
-    return f"w{width:.2f}"
+    """The converter's folder for ``width`` (transfer/export/convert.py ``folder_name``)."""
+    return f"w{width:.2f}" if round(width, 2) == width else f"w{width:g}"
 
 
 def short_schedule(engine: str, iters: int, size: int, score_thresh: float | None = None
@@ -122,27 +149,81 @@ def short_schedule(engine: str, iters: int, size: int, score_thresh: float | Non
     return opts
 
 
-def build_steps(args, preset: dict, out: Path) -> list[Step]:
-    py = sys.executable
+def _roots(args, out: Path) -> tuple[Path, Path]:
+    """(classification data root, detection data root)."""
     data = out / "data"
-    ckpt = out / "pretrain" / "checkpoint.pth"
-    export = out / "export"
-    steps: list[Step] = []
-    probe_root = Path(args.data_root) if args.data_root else data / "cls"
-    det_root = Path(args.det_data) if args.det_data else data / "det"
+    return (Path(args.data_root) if args.data_root else data / "cls",
+            Path(args.det_data) if args.det_data else data / "det")
 
-    if preset["builtin_data"]:
+
+def data_steps(args, preset: dict, out: Path, detection: bool) -> list[Step]:
+    """The built-in data sets (built-in presets only); the detection sets when ``detection``."""
+    py = sys.executable
+    probe_root, det_root = _roots(args, out)
+    steps: list[Step] = []
+    if preset["builtin_data"] and "cifar10" in preset["probe_datasets"]:
         steps.append(Step("data-classification",
                           [py, "-m", "transfer.fixtures", str(probe_root), "--datasets", "cifar10",
                            "--per-class", "40", "--size", "32"],
                           outputs=[probe_root / "cifar-10-batches-py" / "test_batch"]))
-        if preset["det_widths"]:
+        if detection:
             d = preset["det_images"]
             steps.append(Step("data-detection",
                               [py, "-m", "transfer.detection.synthetic", str(det_root), "--train",
                                str(d["train"]), "--test", str(d["test"]), "--size", str(d["size"])],
                               outputs=[det_root / "VOC2007" / "ImageSets" / "Main" / "test.txt",
                                        det_root / "coco" / "annotations" / "instances_val2017.json"]))
+    return steps
+
+
+def detection_enabled(args, preset: dict) -> bool:
+    """Whether the preset fine-tunes detectors here (built-in sets, or --det-data given)."""
+    return bool(preset["det_widths"] and preset.get("det_engines")
+                and (preset["builtin_data"] or args.det_data))
+
+
+def probe_command(args, preset: dict, out: Path, export: Path, widths: list[str],
+                  probe_out: Path) -> list[str]:
+    probe_root, _ = _roots(args, out)
+    # scikit-learn's digits are built in: a preset probing only them has no data root
+    root = [] if set(preset["probe_datasets"]) <= {"digits"} else ["--data-root", str(probe_root)]
+    cmd = [sys.executable, str(ROOT / "tools" / "linear_probe.py"), "--export", str(export),
+           "--widths", *widths, "--datasets", *preset["probe_datasets"], *root,
+           "--image-size", str(preset["probe_image_size"]),
+           "--protocol", preset.get("probe_protocol", "lbfgs"), "--out", str(probe_out),
+           "--cache-dir", str(out / "cache" / "features")]
+    if preset["builtin_data"]:
+        cmd.append("--no-verify-md5")
+    return cmd + list(preset.get("probe_options", []))
+
+
+def det_step(args, preset: dict, out: Path, name: str, engine: str, task: str, export_w: Path,
+             run_dir: Path) -> Step:
+    _, det_root = _roots(args, out)
+    cmd = ["bash", str(ROOT / "tools" / "train_det.sh"), engine, task, str(export_w), "--out",
+           str(run_dir), "--gpus", str(args.gpus)]
+    if preset["det_iters"]:
+        cmd += short_schedule(engine, preset["det_iters"], preset["det_images"]["size"],
+                              preset.get("det_score_thresh"))
+    # a re-run (new export) starts a new run: the old run folder is another run's
+    return Step(name, cmd, outputs=[run_dir / "metrics.json"], inputs=[export_w / "meta.json"],
+                env=dict(os.environ, DETECTRON2_DATASETS=str(det_root)), clean=[run_dir])
+
+
+def calib_options(preset: dict) -> list[str]:
+    """The converter's BN calibration size: the preset's batches (and batch size, where the
+    preset sets one; else the converter's default)."""
+    opts = ["--calib-batches", str(preset["calib_batches"])]
+    if preset.get("calib_batch_size"):
+        opts += ["--calib-batch-size", str(preset["calib_batch_size"])]
+    return opts
+
+
+def build_steps(args, preset: dict, out: Path) -> list[Step]:
+    py = sys.executable
+    ckpt = out / "pretrain" / "checkpoint.pth"
+    export = out / "export"
+    steps: list[Step] = data_steps(args, preset, out, bool(preset["det_widths"]))
 
     overrides = list(preset["pretrain_overrides"]) + [f"output.dir={out / 'pretrain'}"]
     if args.data_root and not preset["builtin_data"]:
@@ -157,39 +238,26 @@ def build_steps(args, preset: dict, out: Path) -> list[Step]:
                       inputs=[ROOT / preset["pretrain_config"]]))
 
     widths = [str(w) for w in preset["widths"]]
-    steps.append(Step("convert",
-                      [py, str(ROOT / "tools" / "convert_width.py"), str(ckpt), "--widths", *widths,
-                       "--calib-batches", str(preset["calib_batches"]), "--out", str(export),
-                       "--quiet"],
+    convert_cmd = [py, str(ROOT / "tools" / "convert_width.py"), str(ckpt), "--widths", *widths,
+                   *calib_options(preset), "--out", str(export), "--quiet"]
+    if args.calib_data:
+        convert_cmd += ["--calib-data", args.calib_data]
+    steps.append(Step("convert", convert_cmd,
                       outputs=[export / width_dir(w) / "meta.json" for w in preset["widths"]],
                       inputs=[ckpt]))
 
-    probe_cmd = [py, str(ROOT / "tools" / "linear_probe.py"), "--export", str(export), "--widths",
-                 *widths, "--datasets", *preset["probe_datasets"], "--data-root", str(probe_root),
-                 "--image-size", str(preset["probe_image_size"]),
-                 "--protocol", preset.get("probe_protocol", "lbfgs"), "--out", str(out / "probe"),
-                 "--cache-dir", str(out / "cache" / "features")]
-    if preset["builtin_data"]:
-        probe_cmd.append("--no-verify-md5")
-    steps.append(Step("linear-probe", probe_cmd, outputs=[out / "probe" / "results.json"],
+    steps.append(Step("linear-probe",
+                      probe_command(args, preset, out, export, widths, out / "probe"),
+                      outputs=[out / "probe" / "results.json"],
                       inputs=[export / width_dir(w) / "torchvision.pth" for w in preset["widths"]]))
 
-    det_env = dict(os.environ, DETECTRON2_DATASETS=str(det_root))
-    for engine in preset.get("det_engines", []) if (preset["det_widths"] and
-                                                    (preset["builtin_data"] or args.det_data)) else []:
-        for task in preset["det_tasks"]:
-            for w in preset["det_widths"]:
-                run_dir = out / "det" / f"{engine}_{task}_{width_dir(w)}"
-                cmd = ["bash", str(ROOT / "tools" / "train_det.sh"), engine, task,
-                       str(export / width_dir(w)), "--out", str(run_dir), "--gpus", str(args.gpus)]
-                if preset["det_iters"]:
-                    cmd += short_schedule(engine, preset["det_iters"], preset["det_images"]["size"],
-                                          preset.get("det_score_thresh"))
-                # a re-run (new export) starts a new run: the old run folder is another run's
-                steps.append(Step(f"det-{engine}-{task}-{width_dir(w)}", cmd,
-                                  outputs=[run_dir / "metrics.json"],
-                                  inputs=[export / width_dir(w) / "meta.json"], env=det_env,
-                                  clean=[run_dir]))
+    if detection_enabled(args, preset):
+        for engine in preset["det_engines"]:
+            for task in preset["det_tasks"]:
+                for w in preset["det_widths"]:
+                    steps.append(det_step(args, preset, out, f"det-{engine}-{task}-{width_dir(w)}",
+                                          engine, task, export / width_dir(w),
+                                          out / "det" / f"{engine}_{task}_{width_dir(w)}"))
     if any(s.name.startswith("det-") for s in steps):
         steps.append(Step("collect-detection",
                           [py, str(ROOT / "tools" / "collect_results.py"), str(out / "det"),
@@ -199,11 +267,173 @@ def build_steps(args, preset: dict, out: Path) -> list[Step]:
     return steps
 
 
+@dataclass
+class Compared:
+    """One ``--compare LABEL=CKPT``, checked: what the steps and the report need."""
+    label: str
+    checkpoint: str          # absolute path
+    sha256: str
+    arch: str
+    stem: str
+    width_range: list[float]
+    widths: list[float]      # the preset's widths inside the trained range (fixed: its width)
+    det_widths: list[float]  # the preset's detection widths inside it (none if no detector)
+    folder: str              # relative to OUT: compare/<file>-<sha8>
+    origin: str              # where the checkpoint came from, for the report
+
+    @property
+    def key(self) -> str:
+        return self.folder.split("/", 1)[1]
+
+
+def _origin(ckpt: dict) -> str:
+    source = ckpt.get("source") if isinstance(ckpt.get("source"), dict) else None
+    if source:
+        found = ", ".join(f"{k} {source[k]}" for k in ("epoch", "global_step", "iter")
+                          if source.get(k) is not None)
+        return (f"tools/import_checkpoint.py --from {source.get('format', '?')} "
+                f"{Path(str(source.get('file', '?'))).name}" + (f" ({found})" if found else ""))
+    method = ((ckpt.get("config") or {}).get("method") or {}).get("name")
+    iteration = (ckpt.get("train_state") or {}).get("iteration")
+    return "tools/pretrain.py" + (f" ({method}" + (f", iteration {iteration}" if iteration is not
+                                                   None else "") + ")" if method else "")
+
+
+def check_compare(args, preset: dict) -> tuple[list[Compared], str | None]:
+    """``--compare`` values checked in the order a user would fix them: the form of every value,
+    explicit labels given twice, each file (exists, is a US3L checkpoint), default labels, the
+    same checkpoint twice, widths, calibration data. Returns (entries, problem)."""
+    from transfer.report import labels as L
+    given = []
+    for text in args.compare:
+        label, sep, path = text.partition("=")
+        label, path = label.strip(), path.strip()
+        if not sep or not path:
+            return [], (f"--compare {text!r} is not LABEL=CKPT (e.g. --compare "
+                        f"'US3L (ours)=runs/main/pretrain/checkpoint.pth'; an empty LABEL takes "
+                        f"the checkpoint's own)")
+        problem = L.check_label(label) if label else None
+        if problem:
+            return [], f"--compare {text!r}: {problem}; pass another label"
+        given.append((label, path, text))
+    labels = [lab for lab, _, _ in given if lab]
+    for lab in labels:
+        if labels.count(lab) > 1:
+            return [], (f"--compare: label {lab!r} is given {labels.count(lab)} times; give each "
+                        f"checkpoint its own label")
+    for _, path, text in given:
+        if not Path(path).is_file():
+            what = "is a folder, not a file" if Path(path).is_dir() else "does not exist"
+            return [], (f"--compare {text!r}: {path} {what}; pass a checkpoint written by "
+                        f"tools/pretrain.py or tools/import_checkpoint.py")
+
+    from pretrain.checkpoint import (CheckpointError, file_sha256, load_checkpoint, model_config,
+                                     width_range)
+    entries: list[Compared] = []
+    for label, path, text in given:
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as err:
+            return [], (f"--compare {text!r}: {cli.one_line(err, 400)} (a checkpoint from "
+                        f"another codebase: import it first with tools/import_checkpoint.py)")
+        sha = file_sha256(path)
+        label = label or L.checkpoint_label(ckpt) or L.sha_label(sha)
+        problem = L.check_label(label)
+        if problem:
+            return [], f"--compare {text!r}: the checkpoint's own {problem}; pass LABEL=CKPT"
+        for other in entries:
+            if other.label == label:
+                return [], (f"--compare: label {label!r} names both {other.checkpoint} and {path}"
+                            f" (a default label: the checkpoint's own); give each its own "
+                            f"LABEL=CKPT")
+            if other.sha256 == sha:
+                return [], (f"--compare: {path} and {other.checkpoint} are the same checkpoint "
+                            f"(sha256 {sha[:12]}); pass each checkpoint once")
+        cfg = model_config(ckpt)
+        low, high = width_range(ckpt)
+        inside = [w for w in preset["widths"] if low - 1e-9 <= w <= high + 1e-9]
+        widths = [low] if low == high else inside
+        if not widths:
+            return [], (f"--compare {text!r}: its trained widths {low:g}..{high:g} hold none of "
+                        f"preset {args.preset}'s widths {preset['widths']}; pick another preset")
+        arch, stem = str(cfg.get("arch")), str(cfg.get("stem", "imagenet"))
+        detector = arch in ("resnet18", "resnet50") and stem == "imagenet"
+        det_widths = [w for w in preset["det_widths"] if w in widths] \
+            if detector and detection_enabled(args, preset) else []
+        config = ckpt["config"]
+        if not args.calib_data and not (isinstance(config.get("data"), dict)
+                                        and config["data"].get("name")):
+            return [], (f"--compare {text!r}: the checkpoint names no pretraining data to "
+                        f"recalibrate BN on (an import); pass --calib-data SPEC (used for every "
+                        f"checkpoint compared), e.g. --calib-data digits")
+        stem_name = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(path).stem).strip("-_")[:40] or "ckpt"
+        entries.append(Compared(label, str(Path(path).resolve()), sha, arch, stem,
+                                [low, high], widths, det_widths, f"compare/{stem_name}-{sha[:8]}",
+                                _origin(ckpt)))
+    return entries, None
+
+
+def check_calib_data(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from transfer.export.calib_data import SPEC_HELP, CalibDataError, parse_spec
+    try:
+        spec = parse_spec(text)
+    except CalibDataError as err:
+        return f"--calib-data: {err}"
+    if spec.root is not None and not Path(spec.root).is_dir():
+        return (f"--calib-data {text}: {spec.root} is not a folder; pass {SPEC_HELP} with a "
+                f"folder that exists")
+    return None
+
+
+def build_compare_steps(args, preset: dict, out: Path, entries: list[Compared]) -> list[Step]:
+    """Convert, probe and (where it can) fine-tune each compared checkpoint in its own folder."""
+    py = sys.executable
+    steps = data_steps(args, preset, out, any(e.det_widths for e in entries))
+    for e in entries:
+        folder = out / e.folder
+        export = folder / "export"
+        formats = ["torchvision"] + ([f for f in preset["det_engines"]] if e.det_widths else [])
+        widths = [str(w) for w in e.widths]
+        cmd = [py, str(ROOT / "tools" / "convert_width.py"), e.checkpoint, "--widths", *widths,
+               *calib_options(preset), "--formats", *formats, "--out", str(export), "--quiet"]
+        if args.calib_data:
+            cmd += ["--calib-data", args.calib_data]
+        if preset["builtin_data"]:
+            cmd.append("--no-verify-md5")  # the built-in CIFAR fixtures are re-packed
+        steps.append(Step(f"convert-{e.key}", cmd,
+                          outputs=[export / width_dir(w) / "meta.json" for w in e.widths],
+                          inputs=[Path(e.checkpoint)]))
+        steps.append(Step(f"linear-probe-{e.key}",
+                          probe_command(args, preset, out, export, widths, folder / "probe"),
+                          outputs=[folder / "probe" / "results.json"],
+                          inputs=[export / width_dir(w) / "torchvision.pth" for w in e.widths]))
+        for engine in preset.get("det_engines", []) if e.det_widths else []:
+            for task in preset["det_tasks"]:
+                for w in e.det_widths:
+                    steps.append(det_step(args, preset, out,
+                                          f"det-{e.key}-{engine}-{task}-{width_dir(w)}", engine,
+                                          task, export / width_dir(w),
+                                          folder / "det" / f"{engine}_{task}_{width_dir(w)}"))
+    with_det = [e for e in entries if e.det_widths]
+    if with_det:
+        report = out / "compare" / "det-report"
+        cmd = [py, str(ROOT / "tools" / "collect_results.py"),
+               *[str(out / e.folder / "det") for e in with_det], "--out", str(report),
+               "--group-by", "source"]
+        for e in with_det:
+            cmd += ["--label", f"{e.sha256}={e.label}"]
+        steps.append(Step("collect-detection", cmd, outputs=[report / "detection_results.md"],
+                          inputs=[s.outputs[0] for s in steps if s.name.startswith("det-")]))
+    return steps
+
+
 def check_args(args, preset: dict) -> str | None:
     """What is wrong with the command line, in one line, or None."""
     if not preset["builtin_data"] and not args.data_root:
-        return (f"preset {args.preset} trains on real data: pass --data-root (see README, "
-                f"'Real datasets')")
+        return (f"preset {args.preset} {'probes' if args.compare else 'trains'} on real data: "
+                f"pass --data-root (see README, 'Real datasets')")
     for flag, value in (("--data-root", args.data_root), ("--det-data", args.det_data)):
         if value is not None and not Path(value).is_dir():
             return f"{flag} {value} is not a folder; pass the folder that holds the data"
@@ -212,7 +442,10 @@ def check_args(args, preset: dict) -> str | None:
         if not sep or not key.strip():
             return (f"--pretrain-override {item!r} is not KEY=VALUE (e.g. "
                     f"--pretrain-override schedule.iters=200)")
-    return None
+    if args.compare is not None and args.pretrain_override:
+        return ("--pretrain-override has no effect with --compare (nothing is pretrained); drop "
+                "it, or pass the checkpoint of a run made with it")
+    return check_calib_data(args.calib_data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +460,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes per machine (torchrun/launchers)")
     parser.add_argument("--pretrain-override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for tools/pretrain.py (repeatable)")
+    parser.add_argument("--compare", nargs="+", default=None, metavar="LABEL=CKPT",
+                        help="evaluate these checkpoints (tools/pretrain.py or "
+                             "tools/import_checkpoint.py) side by side instead of pretraining; "
+                             "an empty LABEL takes the checkpoint's own")
+    parser.add_argument("--calib-data", default=None, metavar="SPEC",
+                        help="BN calibration data for the converter, for every checkpoint: "
+                             "synthetic | digits | cifar10:ROOT | cifar100:ROOT | folder:DIR "
+                             "(default: each checkpoint's pretraining data; required with "
+                             "imported checkpoints)")
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
     problem = check_args(args, preset)
@@ -235,12 +477,26 @@ def main(argv: list[str] | None = None) -> int:
         folder_problem = output_folder_problem(out)
         if folder_problem:
             problem = f"--out {args.out or out}: {folder_problem}; pass another --out"
+    entries: list[Compared] = []
+    if problem is None and args.compare is not None:
+        entries, problem = check_compare(args, preset)
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr)
         return cli.EXIT_BAD_INPUT
     pipeline = Pipeline(out)
+    compare = None
+    if args.compare is not None:
+        import json
+
+        from pretrain.safe_io import atomic_write
+        from transfer.report.compare import MANIFEST
+        compare = [asdict(e) for e in entries]
+        text = json.dumps({"preset": args.preset, "entries": compare}, indent=2) + "\n"
+        atomic_write(out / "compare" / MANIFEST, lambda tmp: Path(tmp).write_text(text))
     try:
-        for step in build_steps(args, preset, out):
+        steps = build_steps(args, preset, out) if compare is None else \
+            build_compare_steps(args, preset, out, entries)
+        for step in steps:
             pipeline.run(step)
     except StepFailed as err:
         print(f"{PROG}: error: {cli.one_line(err, 600)}", file=sys.stderr)
@@ -251,8 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = write_report(out, preset_name=args.preset, steps=pipeline.records,
                               argv=[sys.executable, str(Path(__file__).resolve()),
-                                    *(sys.argv[1:] if argv is None else argv)])
-        print(table(collect(out)))
+                                    *(sys.argv[1:] if argv is None else argv)], compare=compare)
+        if compare is None:
+            print(table(collect(out)))
+        else:
+            from transfer.report.compare import collect_compare, tables_text
+            print(tables_text(collect_compare(out, compare)))
     except UnsafeFileError as err:
         print(f"{PROG}: error: report: {cli.one_line(err, 600)}", file=sys.stderr)
         return cli.EXIT_STEP_FAILED

@@ -7,6 +7,9 @@ or a test fixture in the exact format fails as "corrupted"; ``verify_md5=False``
 check (files and folders must exist) and skips only the checksums. ``digits`` is scikit-learn's
 ``load_digits`` (a small real labelled image set shipped with the package) for demos and tests.
 
+``fingerprint(name, root, split)`` identifies the data a split is read from (the resolved root, and
+every file torchvision opens for it: names, sizes, mtimes): the feature cache keys on it.
+
 A dataset that is absent raises ``DatasetError`` with one line naming the layout expected under ROOT;
 an image file that cannot be decoded (corrupt, truncated) raises ``DatasetError`` naming the file
 when it is read.
@@ -100,6 +103,45 @@ def _required_files(name: str, root: Path, split: str) -> list[Path]:
         base = root / "dtd" / "dtd"
         return [base / "images", base / "labels" / f"{split}1.txt"]
     return []
+
+
+def _files_under(path: Path):
+    """``path`` itself if it is a file, else every file below it (sorted, hidden names too)."""
+    if path.is_file():
+        yield path
+    elif path.is_dir():
+        for base, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                yield Path(base) / name
+
+
+def fingerprint(name: str, root: str | os.PathLike | None, split: str) -> dict:
+    """What the data of ``name``/``split`` is: the resolved root and a sha256 over the relative
+    name, size and mtime (ns) of every file torchvision reads for it. Another copy, an edited or
+    re-extracted file, or another folder gives another fingerprint; nothing is decoded. digits
+    (built in) is named by scikit-learn's version and its data file."""
+    import hashlib
+    digest = hashlib.sha256()
+    if name == "digits":
+        import sklearn
+        import sklearn.datasets
+        files = [Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"]
+        base, where = files[0].parent, f"scikit-learn {sklearn.__version__}"
+    else:
+        base = Path(root).resolve()
+        files = [f for p in _required_files(name, base, split) for f in _files_under(p)]
+        where = str(base)
+    count = 0
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        rel = os.path.relpath(path, base)
+        digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        count += 1
+    return {"root": where, "files": count, "sha256": digest.hexdigest()}
 
 
 def load(name: str, root: str | os.PathLike, split: str, transform: Callable | None = None,

@@ -35,6 +35,14 @@ _CHOICES = {"base_loss": ("mse", "infonce"), "distill_loss": ("none", "mse", "in
 # - simsiam, byol: no negatives (negative cosine); the switch has no effect.
 GATHER_NEGATIVES = {"mocov3": True}
 
+# method.infonce_form when left null: the form of InfoNCE against a detached target (the momentum
+# base loss, NCE distillation; pretrain/losses.py). US3L and every Table 7 case: Eq. 2's 2B form,
+# the official nt_xentv2 over [q; sg(k)] (losses/criterions/InfoNCEv2_distill.py, the criterion
+# of configs/*/us_*_simclr_featdistill_*.yaml). MoCo v2 / v3: their own B form (the queue is
+# MoCo's negatives; MoCo v3's contrastive_loss in facebookresearch/moco-v3 moco/builder.py).
+INFONCE_FORMS = ("simclr2b", "moco")
+INFONCE_FORM = {"mocov2": "moco", "mocov3": "moco"}
+
 
 def resolve_method(m: dict) -> dict:
     """The ``method`` section with every switch filled and checked (raises ConfigError)."""
@@ -70,6 +78,12 @@ def resolve_method(m: dict) -> dict:
     if not isinstance(m["gather_negatives"], bool):
         raise ConfigError(f"method.gather_negatives must be true or false, got "
                           f"{m['gather_negatives']!r}")
+    if m.get("infonce_form") is None:
+        m["infonce_form"] = (INFONCE_FORM.get(m.get("name"), "simclr2b")
+                             if m.get("table7_case") is None else "simclr2b")
+    if m["infonce_form"] not in INFONCE_FORMS:
+        raise ConfigError(f"method.infonce_form={m['infonce_form']!r} is not one of "
+                          f"{list(INFONCE_FORMS)}")
     if m["predictor"] == "auto":
         m["predictor"] = m["base_loss"] == "mse"
     if not isinstance(m["predictor"], bool):
@@ -78,4 +92,7 @@ def resolve_method(m: dict) -> dict:
         raise ConfigError(f"method.momentum_schedule={m['momentum_schedule']!r} is not fixed|cosine")
     if int(m.get("queue_size") or 0) and not (m["momentum_base"] and m["base_loss"] == "infonce"):
         raise ConfigError("method.queue_size needs base_loss infonce with momentum_base true (MoCo)")
+    if int(m.get("queue_size") or 0) and m["infonce_form"] != "moco":
+        raise ConfigError("method.queue_size (MoCo v2's negatives) needs method.infonce_form=moco; "
+                          "set infonce_form moco or queue_size 0")
     return m

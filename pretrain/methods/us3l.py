@@ -36,6 +36,16 @@ target for sub-networks) or the base network's z, detached, of the OTHER view (A
 15). Symmetric losses are the mean of the two directions. The momentum encoder is an EMA of
 backbone + projector at the largest width, run in train mode (batch statistics).
 
+InfoNCE against a detached target (the momentum base loss of cases 12, 13, 16, 17; NCE
+distillation) takes the form ``method.infonce_form`` names: ``simclr2b`` (Eq. 2's 2B form, the
+official US3L ``nt_xentv2`` over [q; sg(k)] in ``InfoNCEv2_distill.py``: both sides anchored,
+2B-2 negatives including online-online pairs; the default of US3L and every Table 7 case) or
+``moco`` (MoCo v3's ``contrastive_loss``: q against the B keys, B-1 negatives, plus MoCo v2's
+queue; Eq. 7 as printed for distillation; the default of mocov2/mocov3). InfoNCE without a
+momentum target (cases 9-11, 14, 15) is SimCLR's NT-Xent over [q1; q2], gradients on both sides,
+as the official ``InfoNCEv2.py``. MSE distillation is the official ``CosineSimilarity.py``:
+-cos(g(z_s) of view 1, z_t of view 2), averaged with the other direction.
+
 Under DDP, ``method.gather_negatives`` makes the InfoNCE-type losses (base and NCE distillation)
 contrast against every process's targets instead of the local batch (pretrain/losses.py; the
 default per method is in methods/__init__.py).
@@ -119,6 +129,8 @@ class US3L(nn.Module):
             self.momentum_backbone = copy.deepcopy(backbone).requires_grad_(False)
             self.momentum_projector = copy.deepcopy(proj).requires_grad_(False)
         self.gather = bool(m.get("gather_negatives"))  # cross-GPU negatives (losses.py)
+        # InfoNCE against a detached target: Eq. 2's 2B form (official nt_xentv2) or MoCo's B form
+        self.form = m.get("infonce_form") or ("moco" if m.get("queue_size") else "simclr2b")
         self.queue_size = int(m.get("queue_size") or 0)
         if self.queue_size:
             if not m["momentum_base"] or self.base != "infonce":
@@ -154,6 +166,9 @@ class US3L(nn.Module):
             return 0.5 * (losses.negative_cosine(o1["q"], t2) + losses.negative_cosine(o2["q"], t1))
         if not use_k:
             return losses.info_nce(o1["q"], o2["q"], self.tau, gather=self.gather)
+        if self.form == "simclr2b":  # Eq. 2 over [q; sg(k)] (InfoNCEv2_distill.py), both views
+            return 0.5 * (losses.info_nce_2b(o1["q"], k2, self.tau, gather=self.gather)
+                          + losses.info_nce_2b(o2["q"], k1, self.tau, gather=self.gather))
         queue = self.queue.clone() if self.queue is not None else None
         return 0.5 * (losses.info_nce_target(o1["q"], k2, self.tau, queue, gather=self.gather)
                       + losses.info_nce_target(o2["q"], k1, self.tau, queue, gather=self.gather))
@@ -164,6 +179,9 @@ class US3L(nn.Module):
             return self.base_loss(s1, s2, k1, k2)
         if self.distill == "mse":
             return 0.5 * (losses.mse_distill(s1["s"], t2) + losses.mse_distill(s2["s"], t1))
+        if self.form == "simclr2b":  # official InfoNCEv2_distill: 2B form over [s; sg(t)]
+            return 0.5 * (losses.info_nce_2b(s1["s"], t2, self.distill_tau, gather=self.gather)
+                          + losses.info_nce_2b(s2["s"], t1, self.distill_tau, gather=self.gather))
         return 0.5 * (losses.nce_distill(s1["s"], t2, self.distill_tau, gather=self.gather)
                       + losses.nce_distill(s2["s"], t1, self.distill_tau, gather=self.gather))
 

@@ -7,6 +7,15 @@ The result per channel is the average over batches of the batch mean and of the 
 variance -- exactly what ``nn.BatchNorm`` with momentum=None accumulates. Never the width-1.0
 statistics sliced. This module is the one owner of the procedure (the converter and the linear
 probe both call ``recalibrate_bn``).
+
+How many images: US-Net's (JiahuiYu/slimmable_networks, apps/us_mobilenet_v{1,2}_train_val.yml:
+``bn_cal_batch_num: 5``, ``cumulative_bn_stats: true``, batch 1024 over 8 GPUs, i.e. 128 images per
+process, whose BN layers compute their own statistics) and the official US3L code's
+(config.py: ``MODEL.OFA.BN_CAL_BATCH_NUM = 5``, ``CUMULATIVE_BN_STATS = True``; configs:
+``TRAIN.BATCH_SIZE: 128 # per-gpu``): 5 batches of 128 images, a cumulative average.
+``DEFAULT_BATCHES`` x ``DEFAULT_BATCH_SIZE`` are the converter's and the probe's defaults.
+(The official ``workers/calibrate.py`` instead runs 501 batches of 128 augmented images through
+BN's exponential average, momentum 0.1, which weights only the last few dozen batches.)
 """
 from __future__ import annotations
 
@@ -16,6 +25,9 @@ import torch
 import torch.nn as nn
 
 from pretrain import slim
+
+DEFAULT_BATCHES = 5       # US-Net bn_cal_batch_num; US3L MODEL.OFA.BN_CAL_BATCH_NUM
+DEFAULT_BATCH_SIZE = 128  # images per batch (per process in US-Net / US3L)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

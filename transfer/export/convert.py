@@ -173,10 +173,14 @@ def parser() -> cli.ArgumentParser:
     p.add_argument("--arch", default=None, help="fail unless the checkpoint is this architecture")
     p.add_argument("--calib-data", default=None,
                    help=f"{calib_data.SPEC_HELP} (default: the checkpoint's pretraining data)")
-    p.add_argument("--calib-batches", type=cli.int_at_least(1), default=16,
-                   help="BN calibration batches (16, at least 1)")
-    p.add_argument("--calib-batch-size", type=cli.int_at_least(2), default=32,
-                   help="images per batch (32, at least 2: batch statistics)")
+    p.add_argument("--calib-batches", type=cli.int_at_least(1),
+                   default=bn_calibration.DEFAULT_BATCHES,
+                   help=f"BN calibration batches ({bn_calibration.DEFAULT_BATCHES}, at least 1; "
+                        f"US-Net's bn_cal_batch_num)")
+    p.add_argument("--calib-batch-size", type=cli.int_at_least(2),
+                   default=bn_calibration.DEFAULT_BATCH_SIZE,
+                   help=f"images per batch ({bn_calibration.DEFAULT_BATCH_SIZE}, at least 2: "
+                        f"batch statistics; US-Net's and US3L's per-GPU batch)")
     p.add_argument("--calib-size", type=cli.int_at_least(8), default=None,
                    help="image side, at least 8 (default 224 for the ImageNet stem, "
                         "data.image_size for CIFAR)")

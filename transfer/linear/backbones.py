@@ -42,8 +42,10 @@ class CheckpointSource:
 
     kind = "ckpt"
 
-    def __init__(self, path: str | os.PathLike, calib: str | None = None, calib_batches: int = 16,
-                 calib_batch_size: int = 32, calib_size: int | None = None,
+    def __init__(self, path: str | os.PathLike, calib: str | None = None,
+                 calib_batches: int = bn_calibration.DEFAULT_BATCHES,
+                 calib_batch_size: int = bn_calibration.DEFAULT_BATCH_SIZE,
+                 calib_size: int | None = None,
                  verify_md5: bool = True, workers: int = 0):
         self.path = Path(path)
         self.ckpt = ckpt_lib.load_checkpoint(self.path)  # CheckpointError names the problem

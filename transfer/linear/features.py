@@ -2,8 +2,11 @@
 
 Eval-mode backbone, global-average-pooled output; images go through bicubic resize + center crop
 (224 by default; ``image_size`` smaller for CPU demos) and ImageNet normalisation. Features are
-cached per (backbone sha, width, dataset, torchvision split, transform, BN-calibration spec), so a
-re-run with another regularisation grid or with more widths extracts nothing it already has.
+cached per (backbone sha, width, BN-calibration spec, dataset, torchvision split, the data's
+identity, transform, code version), so a re-run with another regularisation grid or with more
+widths extracts nothing it already has, while a re-run on other data at the same checkpoint
+(another root, a re-extracted or edited file: ``datasets.fingerprint``) or with other extraction
+code (``CODE_VERSION``, torch/torchvision versions) extracts again.
 """
 from __future__ import annotations
 
@@ -24,7 +27,24 @@ from transfer import datasets as D
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CACHE_FORMAT = "us3l-features-v1"
+CACHE_FORMAT = "us3l-features-v2"
+CODE_VERSION = 2  # bump whenever extraction (transform, pooling, dtype) changes what is cached
+
+
+def code_version() -> dict:
+    """The extraction code's identity in the cache key: this module's version and the libraries
+    whose resize/convolution numerics the features depend on."""
+    import torchvision
+    return {"features": CODE_VERSION, "torch": torch.__version__,
+            "torchvision": torchvision.__version__}
+
+
+def cache_key(tag: dict, name: str, root, split: str, image_size: int) -> dict:
+    """The cache key of one torchvision split's features: the backbone ``tag`` (sha, width,
+    calibration), the dataset and split, the data's fingerprint, the transform, the code."""
+    return {**tag, "dataset": name, "split": split,
+            "data": D.fingerprint(name, root, split),
+            "transform": transform_key(image_size), "code": code_version()}
 
 
 def eval_transform(image_size: int = 224) -> T.Compose:
@@ -109,7 +129,7 @@ def probe_features(get_model: Callable[[], nn.Module], tag: dict, name: str, roo
     from transfer.linear import splits
     by_source, model = {}, None
     for source in splits.source_splits(name):
-        key = {**tag, "dataset": name, "split": source, "transform": transform_key(image_size)}
+        key = cache_key(tag, name, root, source, image_size)
         hit = cache.get(key)
         if hit is None:
             dataset = D.load(name, root, source, eval_transform(image_size), verify_md5)

@@ -45,8 +45,9 @@ class ProbeSettings:
     cache_dir: Path | None = None
     batch_size: int = 256
     workers: int = 0
-    grid: tuple[float, ...] = lbfgs.GRID
-    max_iter: int = 1000
+    grid: tuple[float, ...] = lbfgs.GRID  # C values, in sweep order for the sklearn solver
+    max_iter: int | None = None           # None: the solver's own (100 sklearn, 1000 converged)
+    solver: str = lbfgs.DEFAULT_SOLVER
     sgd: sgd.SGDConfig = field(default_factory=sgd.SGDConfig)
 
 
@@ -68,7 +69,7 @@ def _one(src, width: float, name: str, settings: ProbeSettings, cache: FeatureCa
                                settings.batch_size, settings.workers)
         seen = int(max(int(y.max()) for _, y in feats.values())) + 1
         return lbfgs.probe(feats, metric, max(seen, D.NUM_CLASSES[name]), settings.grid, device,
-                           settings.max_iter, progress=True)
+                           settings.max_iter, progress=True, solver=settings.solver)
     model = get_model()
     with torch.no_grad():
         dim = model.eval()(torch.zeros(1, 3, settings.image_size, settings.image_size,
@@ -114,6 +115,9 @@ def _run(src, widths, names, settings, config, cache, device, out) -> dict:
                "device": device.type, "rows": []}
     if settings.protocol == "lbfgs":
         results["grid"] = [min(settings.grid), max(settings.grid), len(settings.grid)]
+        results["solver"] = settings.solver
+        results["max_iter"] = settings.max_iter if settings.max_iter is not None else (
+            lbfgs.SKLEARN_MAX_ITER if settings.solver == "sklearn" else lbfgs.CONVERGED_MAX_ITER)
     partial = out / "results.partial.json"
     config_written = False
     for width in widths:

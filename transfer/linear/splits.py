@@ -3,6 +3,8 @@
 Validation sets are held out of an official split where the dataset has none (design.md §3):
 CIFAR val = 20% of train (seed 0); Flowers-102 official train/val/test; Pets val = 20% of
 trainval (seed 0); DTD partition 1 train/val/test; digits val = 20% of its fixed train split.
+The held-out 20% is ssl-transfer's (``get_train_valid_loader``): ``np.random.seed(0)``, shuffle
+``list(range(n))``, the first ``floor(0.2 n)`` indices are val, the rest train.
 Features are cached per torchvision split, so every probe split is an index set into one of them.
 """
 from __future__ import annotations
@@ -25,11 +27,15 @@ PLAN = {
 
 def held_out(n: int, fraction: float = VAL_FRACTION, seed: int = VAL_SEED
              ) -> tuple[np.ndarray, np.ndarray]:
-    """(fit, val) indices of a split of n items: a seeded permutation, the first ``fraction`` val."""
+    """(fit, val) indices of a split of n items, as ssl-transfer draws them: the legacy global
+    RandomState stream seeded with ``seed`` shuffles ``list(range(n))``; the first
+    ``floor(fraction * n)`` (at least 1, at most n - 1) are val."""
     if n < 2:
         raise ValueError(f"cannot hold out a validation set from {n} item(s)")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = min(n - 1, max(1, int(round(n * fraction))))
+    order = list(range(n))
+    np.random.RandomState(seed).shuffle(order)  # == np.random.seed(seed); np.random.shuffle
+    order = np.asarray(order)
+    n_val = min(n - 1, max(1, int(np.floor(fraction * n))))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 

@@ -13,6 +13,7 @@ import csv
 import html
 import math
 import os
+import shlex
 from collections import defaultdict
 from pathlib import Path
 
@@ -121,16 +122,28 @@ def plot_vs(data: dict, x_key: str, xlabel: str, path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for c, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=_label(c))
+    style_axes(ax, xlabel, x_key)
+    save_figure(fig, path)
+    return path
+
+
+def style_axes(ax, xlabel: str, x_key: str) -> None:
+    """The report's plot style: accuracy/AP against width (linear) or MACs (log)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy / AP (%)")
     if x_key == "macs":
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """``fig`` as a PNG at ``path``, written atomically, then closed."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def plot_training_curves(out: Path, path: Path) -> Path | None:
@@ -164,14 +177,18 @@ def plot_training_curves(out: Path, path: Path) -> Path | None:
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
     ax_std.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
-def write_report(out: str | os.PathLike, preset_name: str, steps: list[dict], argv: list[str]) -> Path:
+def write_report(out: str | os.PathLike, preset_name: str, steps: list[dict], argv: list[str],
+                 compare: list[dict] | None = None) -> Path:
+    """``out/report.md`` (+ report.html and plots). ``compare``: the entries of
+    ``tools/run_all.py --compare`` (see transfer/report/compare.py): the checkpoints side by side
+    instead of the single checkpoint of ``out/export``."""
     out = Path(out)
+    if compare is not None:
+        return _write_compare_report(out, preset_name, steps, argv, compare)
     data = collect(out)
     plots = [p for p in (plot_vs(data, "width", "width multiplier", out / "accuracy_vs_width.png"),
                          plot_vs(data, "macs", "MACs at 224x224", out / "accuracy_vs_macs.png"),
@@ -195,19 +212,42 @@ def write_report(out: str | os.PathLike, preset_name: str, steps: list[dict], ar
     if data["det"]:
         parts.append("")
     parts += [f"![{p.stem}]({p.name})" for p in plots] + [""]
-    parts += ["## How this was produced", "", "```", " ".join(argv), "```", "",
-              "| step | seconds | command |", "|---|---|---|"]
-    for rec in steps:
-        secs = "skipped (up to date)" if rec.get("skipped") else f"{rec.get('seconds', 0):.0f}"
-        parts.append(f"| {rec['name']} | {secs} | `{rec['command']}` |")
+    parts += _how_produced(steps, argv)
     if config_path.is_file():
         parts += ["", "Pretraining config (`pretrain/config.yaml`):", "", "```yaml",
                   config_path.read_text().strip(), "```"]
+    return _publish(out, parts)
+
+
+def _how_produced(steps: list[dict], argv: list[str]) -> list[str]:
+    parts = ["## How this was produced", "", "```", shlex.join(map(str, argv)), "```", "",
+             "| step | seconds | command |", "|---|---|---|"]
+    for rec in steps:
+        secs = "skipped (up to date)" if rec.get("skipped") else f"{rec.get('seconds', 0):.0f}"
+        command = str(rec["command"]).replace("|", "¦")  # a '|' would split the table row
+        parts.append(f"| {rec['name']} | {secs} | `{command}` |")
+    return parts
+
+
+def _publish(out: Path, parts: list[str]) -> Path:
     text = "\n".join(parts) + "\n"
     report = out / "report.md"
     atomic_write(report, lambda tmp: Path(tmp).write_text(text))
     _write_html(out / "report.html", text)
     return report
+
+
+def _write_compare_report(out: Path, preset_name: str, steps: list[dict], argv: list[str],
+                          entries: list[dict]) -> Path:
+    from transfer.report.compare import report_parts
+    body, plots, _ = report_parts(out, entries)
+    parts = [f"# us3l report — preset `{preset_name}`, checkpoints compared", "",
+             "Linear-probe accuracy (%) and detection AP (%) per width, one column per checkpoint. "
+             "Detection numbers are per engine; the engines' schedules differ, so never compare "
+             "them across engines.", "", *body]
+    parts += [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    parts += _how_produced(steps, argv)
+    return _publish(out, parts)
 
 
 def _write_html(path: Path, markdown: str) -> None:
