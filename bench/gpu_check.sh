@@ -9,7 +9,9 @@
 # tools/setup_env.sh builds: ~/.cache/us3l/wheels/*/pb1_detectron2-0.6-py3-none-any.whl),
 # pycocotools, shapely, addict, yapf, termcolor, terminaltables, tabulate, yacs, iopath, fvcore,
 # omegaconf, hydra-core, antlr4-python3-runtime, and mmcv-2.1.0.tar.gz (compiled here WITH its
-# CUDA ops, in the background while the other checks run; skip with US3L_GPU_MMCV=0).
+# CUDA ops, in the background while the other checks run; skip with US3L_GPU_MMCV=0). Where the
+# box has no CUDA compiler, also carry NVIDIA's compiler wheels for torch's CUDA (see
+# tools/pypi_cuda_toolkit.sh: `pip download --no-deps 'nvidia-cuda-nvcc==13.0.*' ...`, 100 MB).
 # Where a package is already installed it is used as it is.
 #
 # Checks: the CUDA/pytest gpu-marked tests (slimmable forward and an Algorithm 1 step on CUDA vs
@@ -56,6 +58,13 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   done
 fi
 MMCV_PID=""
+# No CUDA compiler on the box: NVIDIA's from PyPI when its five wheels were carried (about 100 MB:
+# nvidia_cuda_nvcc, _crt, nvidia_nvvm, nvidia_cuda_cccl, _runtime at torch's CUDA version).
+if ! "$PY" -c 'from torch.utils.cpp_extension import CUDA_HOME as h; raise SystemExit(0 if h else 1)' 2>/dev/null \
+   && ls "$WHEELS"/nvidia_cuda_nvcc-*.whl >/dev/null 2>&1; then
+  CUDA_HOME="$(PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELS" bash "$ROOT/tools/pypi_cuda_toolkit.sh" \
+    "$PY" "$("$PY" -c 'import torch; print(torch.version.cuda)')" "$WORK/cuda")" && export CUDA_HOME
+fi
 if [[ "${US3L_GPU_MMCV:-1}" == 1 && -f "$WHEELS/mmcv-2.1.0.tar.gz" ]]; then
   (  # same fix as tools/setup_env.sh: torch >= 2.10 headers need C++20
     set -e; cd "$WORK"; tar xzf "$WHEELS/mmcv-2.1.0.tar.gz"

@@ -160,6 +160,7 @@ def load_backbone(ckpt: dict, width: float | None = None) -> torch.nn.Module:
     if width is not None:
         low, high = width_range(ckpt)
         slim.check_width(width, low, high)
+        slim.set_width(model, width)  # S-Net: a width outside its list is a ValueError naming it
         return backbone_twin(model, cfg, width)
     return model
 

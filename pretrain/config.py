@@ -50,10 +50,29 @@ DEFAULTS: dict[str, Any] = {
         # the method's reference (pretrain/methods/__init__.py: INFONCE_FORM).
         "infonce_form": None,
     },
+    # The frozen teacher of method.name seed | seed_mse (pretrain/teacher.py, methods/seed.py).
+    "teacher": {
+        "checkpoint": None,     # PATH: a checkpoint of tools/pretrain.py or tools/import_checkpoint.py
+        "width": None,          # the teacher's width; null = the largest it was trained at
+        # Recorded at the start of a run (the student's checkpoint stores them); when given, the
+        # teacher file must match (a resumed run checks it is still the same teacher).
+        "sha256": None,
+        "arch": None,
+        "calibration_batches": None,  # BN calibration at the teacher width: null = one epoch
+        # SEED's queue and temperatures. Official US3L configs/cifar/us_resnet18_seed_cifar.yaml
+        # (MOCO_K 32768, DISTILL_STUDENT_TEMP 0.5, DISTILL_TEACHER_TEMP 1e-4); SEED's own builder
+        # (jacobswan1/SEED) uses K 65536, t 0.07, temp 1e-4 (configs/pretrain/_seed.yaml).
+        "queue_size": 32768,
+        "student_temperature": 0.5,
+        "teacher_temperature": 1.0e-4,
+    },
     "heads": {
         "projector": {"hidden": 2048, "out": 256, "layers": 3, "bn_last": True},
-        "predictor": {"hidden": 512},
-        "distill_head": {"hidden": 2048},
+        # bn_last: MoCo v3's predictor ends in a BN without affine (facebookresearch/moco-v3
+        # moco/builder.py _build_mlp(last_bn=False) -> BatchNorm1d(affine=False) after the last
+        # linear; the official ViT g is a copy of that predictor); SimSiam/BYOL's does not.
+        "predictor": {"hidden": 512, "bn_last": False},
+        "distill_head": {"hidden": 2048, "bn_last": False},
     },
     "sampling": {
         "sandwich": True,       # max + min + random widths (US-Net)
@@ -62,6 +81,9 @@ DEFAULTS: dict[str, Any] = {
         "min_width": 0.25,
         "max_width": 1.0,
         "fixed_width": None,    # train one width only (individually trained baselines)
+        # S-Net's fixed list (e.g. [1.0, 0.75, 0.5, 0.25]): every listed width every iteration,
+        # largest first; null = the range above (pretrain/methods/snet.py resolve_widths)
+        "width_list": None,
     },
     "regularization": {
         "type": "group", "groups": 8, "alpha": 0.05, "lam": 5.0e-5,
@@ -90,7 +112,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 512,
         "num_workers": 4,
         "verify_md5": True,
-        "augment": "cifar",     # cifar | imagenet
+        "augment": "cifar",     # cifar | imagenet | byol (asymmetric pair, the ViT runs)
         "synthetic": {"num_classes": 10, "train_size": 2048, "val_size": 512, "seed": 0},
     },
     "monitor": {
@@ -222,6 +244,10 @@ def resolve(cfg: dict) -> dict:
     from pretrain.methods import resolve_method
     cfg = schema.validate(cfg)
     cfg["method"] = resolve_method(cfg["method"])
+    from pretrain.teacher import check_section
+    check_section(cfg)
+    from pretrain.methods.snet import resolve_widths
+    resolve_widths(cfg)  # sampling.width_list -> range, kNN widths, S-Net's switchable BN
     s = cfg["sampling"]
     if s["fixed_width"] is not None:
         s["min_width"] = s["max_width"] = float(s["fixed_width"])

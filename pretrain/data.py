@@ -212,26 +212,52 @@ def build_datasets(data: dict) -> tuple[Dataset, Dataset | None]:
 
 
 # --- augmentations --------------------------------------------------------------------------------
-def two_view_transform(kind: str, size: int) -> v2.Compose:
-    """One random view; ``kind`` 'cifar' (small images) or 'imagenet'. Both follow the official
-    US3L ``datasets/__init__.py`` ``build_ssl_transform`` (every method of Tables 1-6): crop scale
-    (0.2, 1) and ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2; ImageNet adds blur p 0.5
-    (docs/protocol.md, "augmentations")."""
+# data.augment presets: name -> the eval-time kind (resize + center crop) its images take.
+AUGMENTS = {"cifar": "cifar", "imagenet": "imagenet", "byol": "cifar"}
+
+
+def eval_kind(augment: str) -> str:
+    """'cifar' or 'imagenet': the eval transform of data.augment (kNN bank, BN calibration).
+    'byol' is the official ViT runs' recipe on CIFAR images upsampled by the crop: cifar-style."""
+    return AUGMENTS.get(augment, "imagenet")
+
+
+def two_view_transform(kind: str, size: int, view: int = 0) -> v2.Compose:
+    """One random view (``view`` 0 or 1 of the pair); ``kind`` 'cifar' (small images),
+    'imagenet' or 'byol'. 'cifar' and 'imagenet' follow the official US3L ``datasets/__init__.py``
+    ``build_ssl_transform`` (every method of Tables 1-6), the same for both views: crop scale
+    (0.2, 1) and ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2; ImageNet adds blur p 0.5.
+    'byol' is BYOL's asymmetric pair as the official ViT runs use it (Table 3; US3L
+    ViT_experiments/main_moco_ofa_ddp.py augmentation1/2, MoCo v3's main_moco.py): crop scale
+    (0.08, 1), ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2, blur p 1.0 / 0.1, solarize
+    p 0 / 0.2 (docs/protocol.md, "augmentations")."""
+    if kind not in AUGMENTS:
+        raise ValueError(f"unknown data.augment {kind!r}; expected one of {sorted(AUGMENTS)}")
+    byol = kind == "byol"
     ops = [v2.ToImage(),
-           v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+           v2.RandomResizedCrop(size, scale=(0.08 if byol else 0.2, 1.0), antialias=True),
            v2.RandomHorizontalFlip(),
-           v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+           v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2 if byol else 0.4, 0.1)], p=0.8),
            v2.RandomGrayscale(p=0.2)]
-    if kind == "imagenet":
+    blur_p = {"imagenet": 0.5, "byol": (1.0, 0.1)[view]}.get(kind, 0.0)
+    if blur_p:
+        # SimCLR/MoCo v3: PIL blur radius sigma in (0.1, 2); the kernel spans ~10% of the image
         k = max(3, int(0.1 * size) // 2 * 2 + 1)
-        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
+        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=blur_p))
+    if byol and view == 1:
+        ops.append(v2.RandomSolarize(threshold=128, p=0.2))  # PIL ImageOps.solarize: >= 128
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
     return v2.Compose(ops)
 
 
+def view_pair(kind: str, size: int) -> tuple[v2.Compose, v2.Compose]:
+    """The transforms of view 1 and view 2 (equal for the symmetric presets)."""
+    return two_view_transform(kind, size, 0), two_view_transform(kind, size, 1)
+
+
 def eval_transform(kind: str, size: int) -> v2.Compose:
     ops = [v2.ToImage()]
-    if kind == "imagenet":
+    if eval_kind(kind) == "imagenet":
         ops += [v2.Resize(int(round(size * 256 / 224)), antialias=True), v2.CenterCrop(size)]
     else:
         ops += [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
@@ -243,10 +269,13 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class TwoViews(Dataset):
-    """(view1, view2, label); sample i of epoch e is augmented under seed (seed, e, i)."""
+    """(view1, view2, label); sample i of epoch e is augmented under seed (seed, e, i).
+    ``transform`` is one transform for both views or a (view 1, view 2) pair (``view_pair``)."""
 
     def __init__(self, base: Dataset, transform, seed: int = 0):
-        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+        self.base, self.seed, self.epoch = base, seed, 0
+        self.transforms = tuple(transform) if isinstance(transform, (tuple, list)) \
+            else (transform, transform)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -258,7 +287,7 @@ class TwoViews(Dataset):
         image, label = read_item(self.base, i)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_sample_seed(self.seed, self.epoch, i))
-            return self.transform(image), self.transform(image), label
+            return self.transforms[0](image), self.transforms[1](image), label
 
 
 class Transformed(Dataset):

@@ -66,7 +66,7 @@ from pretrain.cli import write_error
 from pretrain.config import ConfigError, save_resolved
 from pretrain.device import default_device
 from pretrain.losses import embedding_std
-from pretrain.methods import US3L
+from pretrain.methods import US3L, build_method
 from pretrain.models import build_backbone
 from pretrain.monitor import Monitor, knn_accuracy
 from pretrain.regularizers import build_regularizer, scheduled_alpha
@@ -75,8 +75,9 @@ from pretrain.sampling import widths_for_iteration
 # Sections whose change alters what a resumed run means (the rest -- output, monitor, checkpoint,
 # amp, dist -- may change freely), and the keys inside them that do not.
 RESUME_SECTIONS = ("seed", "data", "model", "method", "heads", "sampling", "regularization",
-                   "optim", "schedule")
-RESUME_FREE = ("data.num_workers",)
+                   "optim", "schedule", "teacher")
+# teacher.checkpoint: the file may move; its recorded sha256 (teacher section) is what must match
+RESUME_FREE = ("data.num_workers", "teacher.checkpoint")
 
 
 class DivergedError(RuntimeError):
@@ -308,7 +309,7 @@ class Trainer:
         # data
         d = cfg["data"]
         train_set, self.val_set = data_mod.build_datasets(d)
-        self.train_set = data_mod.TwoViews(train_set, data_mod.two_view_transform(
+        self.train_set = data_mod.TwoViews(train_set, data_mod.view_pair(
             d["augment"], d["image_size"]), seed)
         self.raw_train = train_set
         self.iters_per_epoch = len(train_set) // int(d["batch_size"])
@@ -328,7 +329,7 @@ class Trainer:
                               f"does not take ({err})") from None
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
-        self.method = US3L(backbone, cfg).to(self.device)
+        self.method = build_method(backbone, cfg).to(self.device)
         self.max_width = float(cfg["sampling"]["max_width"])
         o = self.method.online
         # g (o.distill_head) serves the sub-networks only: no decay in iterations without them
@@ -639,6 +640,8 @@ class Trainer:
         log_every = max(1, int(m["log_every"]))
         bar = tqdm(total=self.total, initial=self.iteration, desc="pretrain", dynamic_ncols=True,
                    disable=not self.progress or self.rank != 0 or not _is_terminal(sys.stderr))
+        if bar.disable and self.rank == 0:  # no bar (a log, a pipe): compact progress lines
+            self.monitor.console(self.total, self.iteration)
         self.method.train()
         z_dim = int(cfg["heads"]["projector"]["out"])
         tick = time.perf_counter()

@@ -11,12 +11,17 @@ has passed). Logs stay consistent across resume: ``open`` keeps only the rows of
 ``start_iteration`` (the rows a killed run logged after its last checkpoint are dropped and then
 logged again by the resumed run, once), rewriting each CSV atomically, and TensorBoard purges its
 events after that iteration. A collapse warning is one line on stdout (stderr is for errors).
+
+Without a progress bar (a log file, a pipe: ``console(total)``), every logged iteration and every
+kNN evaluation is also one compact ``progress: ...`` line on stdout (iteration/total, loss, the
+sampled widths, ETA; kNN top-1 per width), which tools/run_all.py echoes to its console.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +44,21 @@ class Monitor:
         self.writer = None
         self.collapsed_at: int | None = None
         self._files: dict[str, tuple] = {}
+        self.total: int | None = None  # set by console(): print progress lines
+        self._clock: tuple[int, float] | None = None
+
+    def console(self, total: int, start_iteration: int = 0) -> None:
+        """Print a ``progress:`` line per logged iteration and kNN evaluation (no bar is drawn)."""
+        self.total = total
+        self._clock = (start_iteration, time.perf_counter())
+
+    def _eta(self, iteration: int) -> str:
+        start, t0 = self._clock
+        done = iteration - start
+        if done <= 0:
+            return "?"
+        left = (time.perf_counter() - t0) / done * (self.total - iteration)
+        return f"{int(left // 60)}m{int(left % 60):02d}s"
 
     def open(self, start_iteration: int = 0) -> None:
         """Create the output folder and logs; keep only rows of iterations <= start_iteration."""
@@ -99,10 +119,11 @@ class Monitor:
         return True
 
     def log_iteration(self, iteration: int, epoch: int, scalars: dict, records: list[dict]) -> None:
-        """``scalars``: lr, momentum, loss, reg, sec; ``records``: per width (width, role, loss, std)."""
+        """``scalars``: lr, momentum, loss, reg, reg_alpha, sec; ``records``: per width (width, role,
+        loss, std)."""
         if not self.enabled:
             return
-        keys = ["lr", "momentum", "loss", "reg", "sec_per_iter"]
+        keys = ["lr", "momentum", "loss", "reg", "reg_alpha", "sec_per_iter"]  # α of Eq. 5
         self._csv("train.csv", ["iteration", "epoch"] + keys + ["widths"],
                   [iteration, epoch] + [f"{scalars.get(k, float('nan')):.6g}" for k in keys]
                   + [" ".join(f"{r['width']:g}" for r in records)])
@@ -117,6 +138,10 @@ class Monitor:
             for r in records:
                 self.writer.add_scalar(f"loss/{r['role']}", r["loss"], iteration)
                 self.writer.add_scalar(f"std/{r['role']}", r["std"], iteration)
+        if self.total:
+            widths = " ".join(f"{r['width']:g}x" for r in records)
+            print(f"progress: iteration {iteration}/{self.total}, loss {scalars['loss']:.4f}, "
+                  f"widths {widths}, ETA {self._eta(iteration)}", flush=True)
 
     def log_knn(self, iteration: int, accuracies: dict[float, float]) -> None:
         if not self.enabled:
@@ -126,6 +151,9 @@ class Monitor:
                                                                  f"{acc:.4f}"])
             if self.writer is not None:
                 self.writer.add_scalar(f"knn/w{width:g}", acc, iteration)
+        if self.total and accuracies:
+            shown = ", ".join(f"{w:g}x {100 * a:.1f}%" for w, a in accuracies.items())
+            print(f"progress: kNN top-1 at iteration {iteration}: {shown}", flush=True)
 
     def close(self) -> None:
         for fh, _ in self._files.values():

@@ -11,6 +11,9 @@ always the base (largest) network, which Algorithm 1 runs first and which is the
 * sandwich off (Table 9): the min width is replaced by one more random width in [R_min, max];
   the base network stays (it is the distillation teacher).
 * ``min_width == max_width`` (an individually trained baseline): [max] always.
+* ``width_list`` set (S-Net, fixed-list mode): every listed width every iteration, largest first
+  (official US3L ``workers/ssl.py`` ``generate_widths_train``: ``USE_SLIMMABLE`` takes
+  ``WIDTH_MULT_LIST`` and sorts it from max to min); the other keys are ignored.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ def widths_for_iteration(t: int, total: int, cfg: dict, rng: random.Random) -> l
     """Widths for iteration ``t`` (1-based) of ``total``; ``cfg`` is the ``sampling`` section."""
     if not 1 <= t <= total:
         raise ValueError(f"iteration {t} is outside 1..{total}")
+    if cfg.get("width_list"):
+        return sorted({float(w) for w in cfg["width_list"]}, reverse=True)
     high, low = float(cfg["max_width"]), float(cfg["min_width"])
     if low >= high:
         return [high]

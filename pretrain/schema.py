@@ -194,7 +194,8 @@ PROBABILITY = Float(0.0, 1.0)
 # Every key of pretrain.config.DEFAULTS (dotted), except the open ``model`` section.
 RULES: dict[str, Rule] = {
     "seed": Int(0, 2 ** 32 - 1),
-    "method.name": Choice(("us3l", "simclr", "simsiam", "byol", "mocov2", "mocov3", "custom")),
+    "method.name": Choice(("us3l", "simclr", "simsiam", "byol", "mocov2", "mocov3", "custom",
+                           "seed", "seed_mse", "snet")),
     "method.table7_case": Int(1, 17, nullable=True),
     "method.base_loss": Choice(("mse", "infonce"), nullable=True),
     "method.distill_loss": Choice(("none", "mse", "infonce"), nullable=True),
@@ -209,18 +210,29 @@ RULES: dict[str, Rule] = {
     "method.queue_size": Int(0),
     "method.gather_negatives": Bool(nullable=True),
     "method.infonce_form": Choice(("simclr2b", "moco"), nullable=True),
+    "teacher.checkpoint": Text(nullable=True),
+    "teacher.width": Float(0.25, 1.0, nullable=True),
+    "teacher.sha256": Text(nullable=True),
+    "teacher.arch": Text(nullable=True),
+    "teacher.calibration_batches": Int(0, nullable=True),
+    "teacher.queue_size": Int(1),
+    "teacher.student_temperature": Float(0.0, low_open=True),
+    "teacher.teacher_temperature": Float(0.0, low_open=True),
     "heads.projector.hidden": Int(1),
     "heads.projector.out": Int(1),
     "heads.projector.layers": Int(1),
     "heads.projector.bn_last": Bool(),
     "heads.predictor.hidden": Int(1),
+    "heads.predictor.bn_last": Bool(),
     "heads.distill_head.hidden": Int(1),
+    "heads.distill_head.bn_last": Bool(),
     "sampling.sandwich": Bool(),
     "sampling.dynamic": Bool(),
     "sampling.num_random": Int(0, 64),
     "sampling.min_width": WIDTH,
     "sampling.max_width": WIDTH,
     "sampling.fixed_width": Float(0.25, 1.0, nullable=True),
+    "sampling.width_list": List(WIDTH, 1, 16, nullable=True),  # S-Net (methods/snet.py)
     "regularization.type": Choice(("group", "none")),
     "regularization.groups": Int(1),
     "regularization.alpha": PROBABILITY,
@@ -244,7 +256,7 @@ RULES: dict[str, Rule] = {
     "data.batch_size": Int(2),
     "data.num_workers": Int(0, 256),
     "data.verify_md5": Bool(),
-    "data.augment": Choice(("cifar", "imagenet")),
+    "data.augment": Choice(("cifar", "imagenet", "byol")),  # pretrain/data.py AUGMENTS
     "data.synthetic.num_classes": Int(1, 100_000),
     "data.synthetic.train_size": Int(1, 10_000_000),
     "data.synthetic.val_size": Int(0, 10_000_000),
@@ -273,6 +285,8 @@ MODEL_OPTIONS: dict[str, Rule] = {
     "image_size": Int(8, 4096),
     "patch_size": Int(1, 4096),
     "depth": Int(1, 1000, nullable=True),
+    "heads": Int(1, 1024, nullable=True),   # ViT attention heads (null = pretrain/models/vit.py ARCHS)
+    "stop_grad_conv1": Bool(),              # ViT: frozen random patch projection (MoCo v3)
 }
 
 

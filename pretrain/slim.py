@@ -7,6 +7,11 @@ output width from the rule, so a whole network switches width with ``set_width(m
 Every rule about widths lives here: the rounding (``make_divisible``/``channels_at``), the prefix
 slicing of a full-width tensor to a narrower shape (``slice_to``/``slice_state_dict``), and the
 layers' static twins. Everything else (export, detector configs, MACs tables) calls these.
+
+S-Net (Yu et al., slimmable networks) trains a fixed list of widths with switchable BatchNorm:
+``SwitchableBatchNorm`` holds one private ``nn.BatchNorm2d`` (affine parameters and running
+statistics) per listed width, while conv/linear weights stay shared and prefix-sliced. Its static
+twin at a listed width takes that width's own BN (``slice_state_dict`` picks it).
 """
 from __future__ import annotations
 
@@ -61,7 +66,9 @@ def slice_to(tensor: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch
 
 def slice_state_dict(full: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
                      ) -> dict[str, torch.Tensor]:
-    """Slice every tensor of ``full`` to the shape of the same key in ``target`` (exact key sets)."""
+    """Slice every tensor of ``full`` to the shape of the same key in ``target`` (exact key sets).
+    Switchable BN entries of ``full`` become the plain BN of the width ``target`` was built at."""
+    full = switched_state_dict(full, target)
     missing = sorted(set(target) - set(full))
     if missing:
         raise KeyError(f"the slimmable weights lack {len(missing)} keys of the static model, "
@@ -175,11 +182,132 @@ class SlimLayerNorm(nn.LayerNorm):
 
 
 SLIM_TYPES = (SlimConv2d, SlimLinear)
+BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def check_width_list(widths) -> tuple[float, ...]:
+    """A width list, largest first, each in [MIN_WIDTH, MAX_WIDTH], no repeats (ValueError)."""
+    if not isinstance(widths, (list, tuple)) or not widths:
+        raise ValueError(f"a width list must be a non-empty list such as [1.0, 0.75, 0.5, 0.25], "
+                         f"got {widths!r}")
+    out = sorted({round(check_width(w), 6) for w in widths}, reverse=True)
+    if len(out) != len(widths):
+        raise ValueError(f"width list {list(widths)} repeats a width; list each width once")
+    return tuple(out)
+
+
+class SwitchableBatchNorm(nn.Module, SlimMixin):
+    """S-Net's switchable (private) BatchNorm: one ``nn.BatchNorm2d`` per listed width, with its
+    own affine parameters and running statistics, chosen by the network's current width.
+
+    As the official ``models/OFA/slimmable_ops.py`` ``SwitchableBatchNorm2d`` (US3L-CVPR2023,
+    after JiahuiYu/slimmable_networks ``models/slimmable_ops.py``): ``self.bn[i]`` serves
+    ``width_list[i]``; training updates that width's running statistics (momentum 0.1), which are
+    the ones evaluation and export use. Channels follow this suite's width rule (``channels_at``;
+    the official ``int(C * w)`` gives the same counts for ResNet at 1.0/0.75/0.5/0.25). The
+    ``widths`` buffer records the list in every checkpoint. Inside ``calibrating`` it normalises
+    with its trained statistics and changes nothing (S-Net is not recalibrated).
+    """
+
+    def __init__(self, num_features: int, widths, eps: float = 1e-5, momentum: float = 0.1,
+                 fixed: bool = False):
+        super().__init__()
+        listed = check_width_list(list(widths))
+        self.num_features, self.slim_out = num_features, not fixed  # fixed: never shrinks
+        self.register_buffer("widths", torch.tensor(listed, dtype=torch.float64))
+        self.bn = nn.ModuleList(nn.BatchNorm2d(self.out_at_width(w), eps, momentum)
+                                for w in listed)
+        self.width = listed[0]
+        self.calibrating = False
+
+    def out_at_width(self, width: float) -> int:
+        return channels_at(self.num_features, width) if self.slim_out else self.num_features
+
+    def listed(self) -> tuple[float, ...]:
+        return tuple(round(float(w), 6) for w in self.widths)
+
+    def index(self, width: float) -> int:
+        listed = self.listed()
+        for i, w in enumerate(listed):
+            if abs(w - width) < 1e-6:
+                return i
+        raise ValueError(f"width {width:g} is not in the trained width list "
+                         f"{[float(w) for w in listed]}; pick one of them")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.bn[self.index(self.width)]
+        if x.shape[1] != bn.num_features:
+            raise ValueError(f"switchable BN at width {self.width:g} expects {bn.num_features} "
+                             f"channels, got {x.shape[1]}")
+        if self.calibrating:  # its statistics are the trained ones: normalise, update nothing
+            return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False,
+                                0.0, bn.eps)
+        return bn(x)
+
+
+def make_switchable(model: nn.Module, widths) -> nn.Module:
+    """Replace every ``SlimBatchNorm`` of ``model`` by a ``SwitchableBatchNorm`` over ``widths``
+    (S-Net); the new BNs start like the replaced ones (weight 1, bias 0, fresh statistics). A
+    BN marked ``fixed_channels`` (a layer that never shrinks) keeps its channels at every width."""
+    listed = check_width_list(list(widths))
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, SlimBatchNorm):
+                setattr(module, child_name, SwitchableBatchNorm(
+                    child.num_features, listed, child.eps, child.momentum,
+                    fixed=getattr(child, "fixed_channels", False)))
+    return model
+
+
+def listed_widths(model: nn.Module) -> tuple[float, ...] | None:
+    """The width list of a network with switchable BN (S-Net), else None (any width)."""
+    for module in model.modules():
+        if isinstance(module, SwitchableBatchNorm):
+            return module.listed()
+    return None
+
+
+def _switchable_prefixes(state: Mapping[str, torch.Tensor]) -> list[str]:
+    return [k[: -len(".widths")] for k in state
+            if k.endswith(".widths") and f"{k[: -len('.widths')]}.bn.0.weight" in state]
+
+
+def switched_state_dict(full: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]
+                        ) -> Mapping[str, torch.Tensor]:
+    """``full`` with each switchable BN replaced by the plain BN entries of the one listed width
+    whose channels fit ``target`` in every layer (OFA's ``get_active_subnet`` for S-Net BN).
+    ``full`` itself when it has no switchable BN; ValueError when no listed width, or more than
+    one, builds ``target``'s channels."""
+    prefixes = _switchable_prefixes(full)
+    if not prefixes:
+        return full
+    listed = [round(float(w), 6) for w in full[f"{prefixes[0]}.widths"]]
+    fits = set(range(len(listed)))
+    for p in prefixes:
+        ref = target.get(f"{p}.weight")
+        if ref is None:
+            raise KeyError(f"the static model has no BatchNorm '{p}' for switchable BN '{p}'")
+        fits &= {i for i in fits if full[f"{p}.bn.{i}.weight"].shape == ref.shape}
+    if len(fits) != 1:
+        which = "no width" if not fits else f"widths {[listed[i] for i in sorted(fits)]}"
+        raise ValueError(f"{which} of the trained width list {listed} build(s) the static model's "
+                         f"channels; export one of the listed widths")
+    i = fits.pop()
+    owned = tuple(p + "." for p in prefixes)
+    out = {k: v for k, v in full.items() if not k.startswith(owned)}
+    for p in prefixes:
+        for leaf in BN_LEAVES:
+            out[f"{p}.{leaf}"] = full[f"{p}.bn.{i}.{leaf}"]
+    return out
 
 
 def set_width(model: nn.Module, width: float) -> nn.Module:
     """Run ``model`` at ``width`` from now on (every slimmable layer in it)."""
     check_width(width)
+    listed = listed_widths(model)
+    if listed is not None and all(abs(width - w) >= 1e-6 for w in listed):
+        raise ValueError(f"width {width:g} is not in the trained width list {list(listed)} "
+                         f"(switchable BN); pick one of them")
     for module in model.modules():
         if isinstance(module, SlimMixin):
             module.width = width
@@ -202,13 +330,21 @@ def at_width(model: nn.Module, width: float) -> Iterator[nn.Module]:
 
 
 def slim_batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """The BN layers whose statistics calibration recomputes: not those of a switchable BN
+    (S-Net keeps each listed width's trained statistics)."""
+    private = {id(bn) for m in model.modules() if isinstance(m, SwitchableBatchNorm)
+               for bn in m.bn}
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in private]
 
 
 @contextlib.contextmanager
 def calibrating(model: nn.Module) -> Iterator[nn.Module]:
     """Reset BN statistics and accumulate exact (momentum=None) averages while inside."""
     bns = slim_batchnorms(model)
+    switchable = [m for m in model.modules() if isinstance(m, SwitchableBatchNorm)]
+    for m in switchable:
+        m.calibrating = True
     saved = [(bn.momentum, getattr(bn, "calibrating", None)) for bn in bns]
     was_training = model.training
     for bn in bns:
@@ -224,4 +360,6 @@ def calibrating(model: nn.Module) -> Iterator[nn.Module]:
             bn.momentum = momentum
             if isinstance(bn, SlimBatchNorm):
                 bn.calibrating = flag
+        for m in switchable:
+            m.calibrating = False
         model.train(was_training)

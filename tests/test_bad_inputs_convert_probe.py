@@ -177,7 +177,7 @@ CONVERT_OPTIONS = [
     ("device bogus", ["--device", "bogus"], ["'bogus' is not a device"]),
     ("device meta", ["--device", "meta"], ["not a device this tool runs on"]),
     ("device cuda:99", ["--device", "cuda:99"], ["cuda:99 was asked for"]),
-    ("formats bogus", ["--formats", "onnx"], ["invalid choice: 'onnx'"]),
+    ("formats bogus", ["--formats", "tflite"], ["invalid choice: 'tflite'"]),
     ("unknown option", ["--colour", "red"], ["unrecognized arguments"]),
     ("arch disagrees", ["--arch", "resnet50"], ["not 'resnet50'"]),
     ("calib data unknown", ["--calib-data", "imagenet21k"], ["unknown calibration data"]),

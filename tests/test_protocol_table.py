@@ -55,13 +55,13 @@ def config(stem: str) -> dict:
 
 
 @lru_cache(maxsize=None)
-def augment(kind: str) -> dict:
-    """What ``two_view_transform(kind)`` does, in the table's terms."""
+def augment(kind: str, view: int = 0) -> dict:
+    """What ``two_view_transform(kind, view=view)`` does, in the table's terms."""
     from torchvision.transforms import v2
 
     from pretrain.data import two_view_transform
-    out = {"blur_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "flip_p": 0.0}
-    for op in two_view_transform(kind, 224 if kind == "imagenet" else 32).transforms:
+    out = {"blur_p": 0.0, "jitter_p": 0.0, "grayscale_p": 0.0, "flip_p": 0.0, "solarize_p": 0.0}
+    for op in two_view_transform(kind, 224 if kind == "imagenet" else 32, view).transforms:
         inner = op.transforms[0] if isinstance(op, v2.RandomApply) else op
         if isinstance(op, v2.RandomResizedCrop):
             out["crop_scale"] = list(op.scale)
@@ -71,6 +71,8 @@ def augment(kind: str) -> dict:
             out["jitter_p"] = op.p
         elif isinstance(inner, v2.GaussianBlur):
             out["blur_p"] = op.p
+        elif isinstance(op, v2.RandomSolarize):
+            out["solarize_p"] = op.p
         elif isinstance(op, v2.RandomGrayscale):
             out["grayscale_p"] = op.p
         elif isinstance(op, v2.RandomHorizontalFlip):
@@ -106,8 +108,10 @@ def cli_defaults(tool: str) -> dict:
 def actual(source: str, key: str):
     if source in ("probe", "convert"):
         return cli_defaults(source)[key]
-    if source == "augment":
-        return augment(key.split(".")[0])[key.split(".", 1)[1]]
+    if source == "augment":  # KIND.X (view 1) or KIND.view1.X / KIND.view2.X
+        kind, *rest = key.split(".")
+        view = int(rest.pop(0)[4:]) - 1 if rest[0] in ("view1", "view2") else 0
+        return augment(kind, view)[".".join(rest)]
     if source == "detection":
         from transfer.detection.protocol import PROTOCOL
         task, name = key.split(".", 1)
@@ -174,6 +178,7 @@ def test_the_checker_catches_a_disagreement():
     assert not same("moco", actual("us3l_r18_cifar100", "method.infonce_form"))
     assert not same(True, actual("us3l_r18_cifar100", "heads.projector.bn_last"))
     assert not same([0.08, 1.0], actual("augment", "imagenet.crop_scale"))
+    assert not same(actual("augment", "byol.view1.blur_p"), actual("augment", "byol.view2.blur_p"))
     assert same([1e-6, 1e5, 45], actual("probe", "lbfgs.WD_GRID"))
     assert not same(1000, actual("probe", "lbfgs.SKLEARN_MAX_ITER"))
     assert not same(16, actual("convert", "calib_batches"))

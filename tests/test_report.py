@@ -3,6 +3,8 @@ the file it comes from. The only check of the report's numbers (the pipeline tes
 from __future__ import annotations
 
 import json
+import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 from transfer.report.summary import write_report
@@ -17,13 +19,17 @@ EXPORTS = {  # width -> meta.json fields the report reads
 }
 PROBE = {1.0: {"cifar10": 71.26, "dtd": 30.04}, 0.5: {"cifar10": 64.93, "dtd": 0.0},
          0.25: {"cifar10": 12.348}}                                   # 0.25 has no DTD entry
-DET = [("detectron2", "voc", 1.0, {"AP": 40.12, "AP50": 66.66, "AP75": 41.0}),
-       ("mmdet", "coco", 0.5, {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APm": 0.0}),
-       ("mmdet", "coco", 1.0, {"AP": 8.449, "AP50": 20.0, "AP75": 5.0, "APm": 7.5})]
+# A full detectron2 schedule (a measurement) and two 40-iteration mmdet runs at batch 2 (80 images
+# seen: smoke checks, transfer/report/answer.py)
+FULL = {"run": {"protocol": {"iterations": 18000, "total_batch": 16}}}
+SHORT_RUN = {"run": {"protocol": {"iterations": 40, "total_batch": 2}}}
+DET = [("detectron2", "voc", 1.0, {"AP": 40.12, "AP50": 66.66, "AP75": 41.0, **FULL}),
+       ("mmdet", "coco", 0.5, {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APm": 0.0, **SHORT_RUN}),
+       ("mmdet", "coco", 1.0, {"AP": 8.449, "AP50": 20.0, "AP75": 5.0, "APm": 7.5, **SHORT_RUN})]
 # What each source value must read as (one decimal), written out rather than recomputed
 EXPECTED = {
-    1.0: ["1x", "64/128/256/512", "11.18M", "1.81G", "71.3", "30.0", "66.7", "8.4"],
-    0.5: ["0.5x", "32/64/128/256", "2.80M", "456.96M", "64.9", "0.0", "–", "0.0"],
+    1.0: ["1x", "64/128/256/512", "11.18M", "1.81G", "71.3", "30.0", "66.7", "8.4 (smoke check)"],
+    0.5: ["0.5x", "32/64/128/256", "2.80M", "456.96M", "64.9", "0.0", "–", "0.0 (smoke check)"],
     0.25: ["0.25x", "16/32/64/128", "700.00K", "115.00M", "12.3", "–", "–", "–"],
 }
 HEADER = ["Width", "Channels (res2..res5)", "Params", "MACs@224", "C-10 acc", "DTD acc",
@@ -80,9 +86,10 @@ def test_report_cells_equal_their_source_files(tmp_path):
     for engine, task, width, metrics in DET:
         label = "VOC AP50 (detectron2)" if task == "voc" else "COCO box AP (mmdet)"
         source = metrics["AP50"] if task == "voc" else metrics["AP"]
-        assert float(body[f"{width:g}x"][column[label]]) == round(source, 1)
+        assert float(body[f"{width:g}x"][column[label]].split()[0]) == round(source, 1)
     # the per-run lines list every metric the run has, and the HTML page carries the same cells
-    assert "- mmdet coco at 1x: AP 8.4, AP50 20.0, AP75 5.0, APm 7.5" in text
+    assert ("- mmdet coco at 1x: AP 8.4, AP50 20.0, AP75 5.0, APm 7.5 (smoke check: 80 images "
+            "seen)") in text
     assert "- detectron2 voc at 1x: AP 40.1, AP50 66.7, AP75 41.0" in text
     page = (tmp_path / "report.html").read_text()
     for expected in EXPECTED.values():
@@ -202,3 +209,129 @@ def test_compared_checkpoint_without_label_takes_its_meta_label(tmp_path):
         entry.pop("label")
     text = write_report(tmp_path, "unit", steps=[], argv=["x"], compare=entries).read_text()
     assert _section(text, "C-10 acc (linear probe, %)")[0] == ["Width", "us3l", "solo-learn byol"]
+
+
+# ---------------------------------------------------------------- the answer, baselines, smoke checks
+RANDOM = {1.0: {"cifar10": 60.0, "digits": 90.04}, 0.5: {"cifar10": 50.0, "digits": 85.0},
+          0.25: {"cifar10": 10.0, "digits": 70.0}}
+OURS = {1.0: {"cifar10": 71.26, "digits": 96.0}, 0.5: {"cifar10": 64.93, "digits": 94.0},
+        0.25: {"cifar10": 12.348, "digits": 91.2}}
+NAMES = {"digits": "digits (real, scikit-learn)",
+         "cifar10": "tinted digit scans (CIFAR-10 format, synthetic)"}
+CONTEXT = {"dataset_labels": NAMES, "headline": "digits", "baseline": "random-init",
+           "step_notes": {"linear-probe": "lbfgs linear probe on digits at 64 px"}}
+
+
+def _write_probe(folder: Path, values: dict) -> None:
+    rows = [{"width": w, "datasets": {n: {"value": v} for n, v in d.items()}}
+            for w, d in values.items()]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps(
+        {"rows": rows, "protocol": "lbfgs", "metrics": {n: "top1" for n in NAMES}}))
+
+
+def _with_baseline(out: Path) -> Path:
+    _write_sources(out)
+    _write_probe(out / "probe", OURS)
+    _write_probe(out / "baselines" / "random-init" / "probe", RANDOM)
+    return write_report(out, "demo", steps=[{"name": "linear-probe", "seconds": 41.0,
+                                             "command": "tools/linear_probe.py"}],
+                        argv=["tools/run_all.py", "--preset", "demo"], context=CONTEXT)
+
+
+class _Page(HTMLParser):
+    """The report page's images, table cells and first paragraph, as a browser reads them."""
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.header, self.rows, self.paragraphs = [], [], [], []
+        self._cell, self._in_p = None, False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell = tag
+            self.rows[-1].append("")
+        elif tag == "p":
+            self._in_p = True
+            self.paragraphs.append("")
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._cell = None
+        elif tag == "p":
+            self._in_p = False
+
+    def handle_data(self, data):
+        if self._cell:
+            self.rows[-1][-1] += data
+        if self._in_p:
+            self.paragraphs[-1] += data
+
+
+def test_report_opens_with_the_answer_and_puts_the_baseline_beside_every_width(tmp_path):
+    report = _with_baseline(tmp_path)
+    text = report.read_text()
+    # the answer first: retention at the narrowest width, and what pretraining adds there and at 1x
+    first = next(line for line in text.splitlines()[1:] if line.strip())
+    assert first == ("Answer: On digits (real, scikit-learn) (linear probe), at 0.25x the "
+                     "checkpoint keeps 95% of its 1x accuracy (91.2% vs 96.0%); pretraining adds "
+                     "21.2 points at 0.25x (91.2% vs 70.0%) and adds 6.0 points at 1x (96.0% vs "
+                     "90.0%) over a random-init encoder of the same width.")
+    rows = _table(text)
+    header = rows[0]
+    # honest names, the headline dataset first, each followed by its baseline and the difference
+    assert header[4:10] == [
+        "digits (real, scikit-learn) · pretrained", "digits (real, scikit-learn) · random-init",
+        "digits (real, scikit-learn) · Δ pretrained − random-init",
+        "tinted digit scans (CIFAR-10 format, synthetic) · pretrained",
+        "tinted digit scans (CIFAR-10 format, synthetic) · random-init",
+        "tinted digit scans (CIFAR-10 format, synthetic) · Δ pretrained − random-init"]
+    body = {row[0]: row for row in rows[2:]}
+    for width in OURS:
+        cells = body[f"{width:g}x"]
+        for offset, name in ((4, "digits"), (7, "cifar10")):
+            ours, base = OURS[width][name], RANDOM[width][name]
+            assert float(cells[offset]) == round(ours, 1)
+            assert float(cells[offset + 1]) == round(base, 1)
+            assert float(cells[offset + 2]) == round(ours - base, 1)
+            assert cells[offset + 2][0] in "+-"
+    assert "| linear-probe | 41 | lbfgs linear probe on digits at 64 px |" in text
+
+
+def test_report_page_images_exist_smoke_checks_marked_and_figures_finite(tmp_path):
+    from transfer.report.summary import collect, plotted_columns
+    _with_baseline(tmp_path)
+    page = _Page()
+    page.feed((tmp_path / "report.html").read_text())
+    assert page.paragraphs[0].startswith("Answer: On digits (real, scikit-learn)")
+    assert len(page.images) == 2 and all((tmp_path / src).stat().st_size > 1000
+                                         for src in page.images)
+    table = next(i for i, row in enumerate(page.rows) if row and row[0] == "Width")
+    # two header rows: each dataset over its three columns, then what each column holds
+    groups, subs = page.rows[table], page.rows[table + 1]
+    assert groups[4:6] == ["digits (real, scikit-learn)",
+                           "tinted digit scans (CIFAR-10 format, synthetic)"]
+    assert subs == ["pretrained", "random-init", "Δ pretrained − random-init"] * 2
+    header = groups[:4] + [f"{g} · {s}" for g in groups[4:6] for s in subs[:3]] + groups[6:]
+    body = page.rows[table + 2:table + 5]
+    assert [row[0] for row in body] == ["1x", "0.5x", "0.25x"]
+    assert [c for row in body for c in row[4:10]] == [c for row in _table(
+        (tmp_path / "report.md").read_text())[2:] for c in row[4:10]]  # the page = the markdown
+    mmdet = header.index("COCO box AP (mmdet)")
+    assert [row[mmdet] for row in body] == ["8.4 (smoke check)", "0.0 (smoke check)", "–"]
+    assert body[0][header.index("VOC AP50 (detectron2)")] == "66.7"  # a full schedule: measured
+    for row in body:
+        for cell in row[4:]:
+            if cell != "–":
+                assert math.isfinite(float(cell.split()[0]))
+    assert any("smoke check" in p and "left out of the plots" in p for p in page.paragraphs)
+    data = collect(tmp_path)
+    assert data["smoke"] == {"det:mmdet:coco"}
+    drawn = plotted_columns(data)
+    assert "det:mmdet:coco" not in drawn and "det:detectron2:voc" in drawn
+    assert "base:random-init:probe:digits" in drawn
+    assert not any(c.startswith("delta:") for c in drawn)

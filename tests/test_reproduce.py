@@ -1,6 +1,7 @@
 """tools/reproduce.py: the paper's tables as data, the commands per row, the side-by-side collect.
 
-Everything runs in-process (no pretraining: --run of a real row takes GPU-hours); --collect reads
+Everything runs in-process except one --run --smoke of a real row (its three tools as
+subprocesses, at toy scale: a real row's --run takes GPU-hours); --collect reads
 results files made by the suite's own writers (detection: transfer.detection.metrics.write; probe:
 the results.json layout transfer/linear/runner.py writes, checked against its own reader
 transfer.report.tables.markdown_table).
@@ -115,7 +116,7 @@ def test_list_names_every_table_and_row(capsys):
                 assert f"covered: configs/pretrain/{r.config}.yaml" in line
             else:
                 assert "not available" in line
-    assert "not available: issue #13" in out  # S-Net / SEED
+    assert "not available: the suite has no supervised" in out  # Table 1's supervised rows
 
 
 def test_dry_run_2_prints_commands_whose_configs_exist(capsys, tmp_path):
@@ -138,7 +139,7 @@ def test_dry_run_2_prints_commands_whose_configs_exist(capsys, tmp_path):
     for r in t2.rows:
         assert f"## {r.key}: {r.name}" in out
     assert len(re.findall(r"^   estimate: [0-9.]+ GPU-h", out, re.M)) == len(covered)
-    assert out.count("not available: issue #13") == len(t2.rows) - len(covered)
+    assert all(f"   {r.unavailable}" in out for r in t2.rows if not r.covered)
     assert "ESTIMATES" in out and "not measured" in out
 
 
@@ -195,8 +196,10 @@ def test_collect_puts_paper_ours_and_difference_side_by_side(capsys, tmp_path):
     assert lines[("ResNet-18 Ours", "0.5x")] == ["64.7", "–", "–"]
     assert lines[("ResNet-18 BYOL", "0.5x")] == ["62.1", "62.6", "+0.5"]
     assert lines[("MobileNetv2 US+SimSiam", "1x")] == ["-", "–", "–"]  # collapsed in the paper
-    assert lines[("ResNet-18 SEED (BYOL R-50) (not available)", "1x")] == ["67.3", "–", "–"]
-    assert "not available: issue #13" in md
+    seed = next(r for r in paper.table("2").rows if r.key == "r18-seed-r50")
+    seed_name = seed.name + ("" if seed.covered else " (not available)")
+    assert lines[(seed_name, "1x")] == ["67.3", "–", "–"]
+    assert all(f"- {r.key}: {r.unavailable}" in md for r in paper.table("2").rows if not r.covered)
     assert published(out.rglob("*")) == list(out.rglob("*"))  # no temp file left
 
     t2 = paper.table("2")
@@ -236,12 +239,14 @@ def test_collect_without_results_writes_dashes(capsys, tmp_path):
     (["--dry-run", "10"], ["unknown table", "'10'", "fig3"]),
     (["--run", "table12"], ["unknown table"]),
     (["--dry-run", "2", "--rows", "r18-ours", "nope"], ["unknown row", "'nope'", "r18-ours"]),
-    (["--run", "2", "--rows", "r18-seed-r50"], ["r18-seed-r50", "issue #13"]),
+    (["--run", "1", "--rows", "sup-snet"], ["sup-snet", "no supervised"]),
     (["--run", "4"], ["no row of table 4", "ImageNet"]),
     (["--collect", "2", "--rows", "bogus"], ["unknown row"]),
     (["--list", "--rows", "x"], ["--rows"]),
     (["--dry-run", "2", "--gpus", "0"], ["--gpus"]),
     (["--dry-run", "2", "--run", "2"], ["not allowed"]),
+    (["--collect", "2", "--smoke"], ["--smoke", "--collect"]),
+    (["--dry-run", "5", "--smoke"], ["--smoke", "detection", "byol"]),
     ([], ["required"]),
 ])
 def test_bad_input_is_one_line_exit_2(argv, words, capsys, tmp_path):
@@ -277,3 +282,38 @@ def test_run_refuses_an_out_under_a_file(capsys, tmp_path):
     blocker.write_text("x")
     call_main(reproduce.main, ["--run", "2", "--rows", "r18-ours", "--out", str(blocker / "o")],
               PROG, capsys, must_mention=["is a file"], unchanged=blocker)
+
+
+# ------------------------------------------------------------------------------ --smoke
+def test_smoke_dry_run_shrinks_every_step_of_a_vit_row(capsys, tmp_path):
+    text = run_main(["--dry-run", "3", "--rows", "tiny-us-mocov3", "--smoke", "--out",
+                     str(tmp_path)], capsys)
+    pretrain, convert, probe = [shlex.split(line) for tool in ("pretrain", "convert_width",
+                                                               "linear_probe")
+                                for line in text.splitlines()
+                                if f"tools/{tool}.py " in line and not line.startswith(" ")]
+    assert {"model.depth=1", "model.patch_size=8", "schedule.iters=2",
+            "data.name=synthetic"} <= set(pretrain)
+    assert load_config(C.CONFIG_DIR / "us_mocov3_vit_tiny_cifar10.yaml",
+                       [a for a in pretrain if "=" in a and not a.startswith("-")])["model"][
+        "depth"] == 1                                            # the overrides resolve
+    assert convert[convert.index("--widths") + 1:convert.index("--formats")] == ["1", "0.25"]
+    assert probe[probe.index("--datasets") + 1] == "digits"
+    assert probe[probe.index("--image-size") + 1] == "32"          # the shrunk ViT's input size
+
+
+def test_smoke_run_of_a_real_row_end_to_end(capsys, tmp_path):
+    """Table 2's "Ours" row through tools/pretrain.py, convert_width.py and linear_probe.py at toy
+    scale: the probe's results hold the row's largest and smallest widths; a re-run skips."""
+    out = tmp_path / "smoke"
+    argv = ["--run", "2", "--rows", "r18-ours", "--smoke", "--out", str(out)]
+    run_main(argv, capsys)
+    res = json.loads((out / "table2" / "r18-ours" / "probe" / "results.json").read_text())
+    assert [r["width"] for r in res["rows"]] == [1.0, 0.25]
+    for r in res["rows"]:
+        assert 0.0 <= r["datasets"]["digits"]["value"] <= 100.0
+    ckpt = out / "pretrain" / "us3l_r18_cifar100+smoke" / "checkpoint.pth"
+    assert ckpt.is_file()
+    before = ckpt.stat().st_mtime_ns
+    assert "done: 3 steps" in run_main(argv, capsys)                   # finished steps are skipped
+    assert ckpt.stat().st_mtime_ns == before

@@ -5,6 +5,7 @@ and verify every export by loading it (see transfer/export/convert.py; --help fo
     python tools/convert_width.py CKPT --out DIR [--widths 0.25 0.5 0.75 1.0]
            [--widths-range 0.25:1.0:0.05] [--formats torchvision detectron2 mmdet]
            [--calib-data synthetic|digits|cifar10:ROOT|cifar100:ROOT|folder:DIR] [--calib-batches N]
+           [--calib-transform train|eval]  (train: the official training augmentations)
 
 Exit status: 0 done; 1 a width failed after others finished (they stay, verified); 2 bad input
 (one line on stderr, nothing written); 130/143 SIGINT/SIGTERM (the unfinished width removed).

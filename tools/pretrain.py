@@ -55,11 +55,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="no progress bar (it is drawn only when stderr is a terminal)")
     parser.add_argument("--stop-after", type=cli.int_at_least(1), default=None, metavar="ITER",
                         help="stop after iteration ITER with a checkpoint (continue with --resume)")
+    parser.add_argument("--init-only", action="store_true",
+                        help="write the untrained network (iteration 0, the config's seed) as the "
+                             "checkpoint and stop: the random-init baseline of tools/run_all.py")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. data.batch_size=64 method.table7_case=1")
     args = parser.parse_args(argv)
     if args.resume_changed and args.resume is None:
         parser.error("--resume-changed continues a run: give it with --resume")
+    if args.init_only and (args.resume is not None or args.stop_after is not None):
+        parser.error("--init-only writes an untrained network: drop --resume and --stop-after")
 
     from pretrain.checkpoint import CheckpointError
     from pretrain.config import ConfigError, load_config
@@ -76,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 else Path(args.resume)
         trainer = Trainer(cfg, resume=resume, progress=not args.no_progress,
                           resume_changed=args.resume_changed)
+        if args.init_only:
+            trainer.out_dir.mkdir(parents=True, exist_ok=True)
+            print(f"random init (seed {cfg['seed']}, not trained): checkpoint {trainer.save()}")
+            return cli.EXIT_OK
         summary = trainer.train(stop_after=args.stop_after)
     except (ConfigError, DataError, CheckpointError, UnsafeFileError) as err:
         # Every rank reads the same config: its error is printed once. Other errors (a file one

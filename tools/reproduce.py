@@ -7,6 +7,7 @@ paper's numbers beside ours.
     python tools/reproduce.py --run 2 --rows r18-ours r18-byol --gpus 8 --out runs/reproduce \\
         --data-root /data [--imagenet-root /data/imagenet] [--det-data /data/detectron2]
     python tools/reproduce.py --collect 2 --out runs/reproduce   # OUT/table2/table2.{md,png}
+    python tools/reproduce.py --run 2 --rows r18-ours --smoke --out /tmp/smoke  # toy scale, CPU
 
 TABLE: 1..9 or fig3 ("table2", "Fig. 3" accepted). The paper's numbers and the row -> config map
 are data (transfer/reproduce/paper.py); the commands and the estimate's basis are in
@@ -19,6 +20,11 @@ ours / difference side by side; a missing result is '–', a collapse the paper 
 OUT/table<T>/table<T>.png (paper dashed, ours solid), each written atomically.
 
 GPU-hours are estimates (assumed throughput, not measured); --dry-run prints the basis.
+
+--smoke (with --dry-run or --run) runs every step of the chosen probe rows at toy scale to check the
+plumbing end to end on a CPU (transfer/reproduce/commands.py SMOKE_*: 2 pretraining iterations on
+the synthetic set, the probe on scikit-learn's digits); its numbers mean nothing. Detection rows
+and rows that need a teacher checkpoint first (SEED) are not smoke-testable.
 
 Exit statuses: 0 done; 1 a step failed (one line naming it and its log; finished steps stay done);
 2 bad input (an unknown table or row, a row that is not available, --collect on a folder that does
@@ -61,6 +67,8 @@ def parse_args(argv):
                    help="ImageNet-style folder for the ImageNet pretraining (default data/imagenet)")
     p.add_argument("--det-data", default="datasets",
                    help="$DETECTRON2_DATASETS for detection (default datasets)")
+    p.add_argument("--smoke", action="store_true",
+                   help="with --dry-run/--run: every step at toy scale on a CPU (plumbing check)")
     return p.parse_args(argv)
 
 
@@ -99,7 +107,8 @@ def _rows(table, keys, need_covered: bool):
 def _settings(args):
     from transfer.reproduce.commands import Settings
     return Settings(out=Path(args.out), data_root=args.data_root,
-                    imagenet_root=args.imagenet_root, det_data=args.det_data, gpus=args.gpus)
+                    imagenet_root=args.imagenet_root, det_data=args.det_data, gpus=args.gpus,
+                    smoke=args.smoke)
 
 
 # ------------------------------------------------------------------------------ --list
@@ -321,6 +330,13 @@ def main(argv=None) -> int:
         name = args.dry_run or args.run or args.collect
         table = _table(name)
         rows = _rows(table, args.rows, need_covered=bool(args.run))
+        if args.smoke:
+            if args.collect:
+                raise BadInput("--smoke goes with --dry-run or --run, not --collect")
+            det = [r.key for r in rows if r.covered and r.evaluation.kind == "det"]
+            if det:
+                raise BadInput(f"--smoke covers probe rows only; row {det[0]} of table "
+                               f"{table.key} needs a detection dataset: drop it from --rows")
         settings = _settings(args)
         if args.dry_run:
             print(dry_run_text(table, rows, settings), end="")

@@ -1,14 +1,18 @@
 #!/usr/bin/env python
 """The main job end to end: pretrain -> convert -> linear probe -> detection fine-tune -> report.
 
-    python tools/run_all.py --preset demo                  # built-in data, ~15 min on 2 CPU cores
+    python tools/run_all.py --preset demo                  # built-in data, <= 10 min on 2 CPU cores
     python tools/run_all.py --preset ci --out /tmp/us3l    # the reduced version the tests run
     python tools/run_all.py --preset cifar100-r18 --data-root /data --out runs/c100
     python tools/run_all.py --preset imagenet-r50 --data-root /data/imagenet/train \\
         --det-data /data/detectron2 --gpus 8 --out runs/in-r50
 
-Every step calls the project's own command line (logged in OUT/logs/, listed in the report) and
-is skipped on a re-run when its inputs did not change (OUT/.steps/).
+Every step calls the project's own command line (logged line by line in OUT/logs/, its progress
+echoed to the console, listed in the report with its time) and is skipped on a re-run when its
+inputs did not change (OUT/.steps/). A preset's ``baselines`` (the demo: ``random-init``, the same
+config and seed untrained) are converted and probed like the checkpoint, and the report opens with
+the answer on the preset's ``headline`` dataset: what the narrowest width keeps of the widest's
+accuracy, and what pretraining adds over the baseline (docs/demo.md).
 
 Several checkpoints side by side (no pretraining; README, "Compare checkpoints"):
 
@@ -53,22 +57,40 @@ PROG = "run_all.py"
 
 # Each preset: how to pretrain, which widths, which probe datasets, which detection runs.
 # Optional keys: "calib_batch_size" (the converter's, else its default), "probe_options" (extra
-# tools/linear_probe.py options, e.g. a shorter --grid).
+# tools/linear_probe.py options, e.g. a shorter --grid), "latency" (tools/bench_widths.py on the
+# export: {"onnx": also export and time model.onnx, "options": extra bench options}; issue #14).
 PRESETS = {
-    "demo": {
+    "demo": {  # issue #16: every step real, <= 10 min on 2 idle CPU cores
         "pretrain_config": "configs/pretrain/demo.yaml",
-        "pretrain_overrides": ["model.stem=imagenet", "data.image_size=64", "schedule.iters=100"],
+        # kNN twice (iterations 50, 100): two progress lines, ~5 s each
+        "pretrain_overrides": ["model.stem=imagenet", "data.image_size=64", "schedule.iters=100",
+                               "monitor.knn_every=50"],
         "builtin_data": True,
+        # pretrain (labels unused) on the CIFAR-10-format fixture's training images: tinted scans
+        # of scikit-learn's digits *train* split (transfer/fixtures.py), so the digits probe's
+        # test images stay unseen, as in bench/digits_experiment.py
+        "pretrain_on_fixture": True,
+        # the same network, config and seed, untrained (tools/pretrain.py --init-only): the floor
+        # that says what pretraining is worth at each width
+        "baselines": ["random-init"],
+        "headline": "digits",  # the real images: the answer is about them
         "widths": [0.25, 0.5, 0.75, 1.0],
         "calib_batches": 8,
         "calib_batch_size": 32,  # 256 images: the CPU demo's budget (default 5 x 128, US-Net)
-        "probe_datasets": ["cifar10", "digits"],
+        "probe_datasets": ["digits", "cifar10"],
         "probe_image_size": 64,
+        # 5 C values over bench/digits_experiment.py's range (1e-3..1e2), the same for the
+        # checkpoint and its baseline: the 45-value default took 2-2.5 min per probe of four
+        # widths there (docs/digits_experiment.md), 11 values 83-102 s here, 5 values 45-56 s
+        "probe_options": ["--grid", "1e-3", "1e2", "5"],
         "det_widths": [0.5, 1.0],
         "det_tasks": ["voc", "coco"],
         "det_engines": ["detectron2", "mmdet"],
-        "det_iters": 40,
+        "det_iters": 20,  # 40 images seen: a smoke check (transfer/report/answer.py's rule)
         "det_images": {"train": 24, "test": 12, "size": 128},
+        # latency per width on this machine, torch eager and onnxruntime, for the report's column
+        # and its accuracy-vs-latency plot (20 timed calls: a demo's figure, not a benchmark)
+        "latency": {"onnx": True, "options": ["--reps", "20", "--warmup", "3", "--batch", "8"]},
     },
     "ci": {  # the reduced pipeline the test suite runs: every step, every artefact, minutes
         "pretrain_config": "configs/pretrain/demo.yaml",
@@ -80,6 +102,7 @@ PRESETS = {
         "calib_batches": 2,
         "calib_batch_size": 32,
         "probe_datasets": ["cifar10", "digits"],
+        "headline": "digits",  # the answer is about the real images, as in the demo
         "probe_image_size": 32,
         "det_widths": [0.25],
         "det_tasks": ["voc", "coco"],
@@ -87,6 +110,9 @@ PRESETS = {
         "det_iters": 2,
         "det_images": {"train": 4, "test": 3, "size": 96},
         "det_score_thresh": 0.0,  # every detection kept: the scores never depend on learning
+        # the latency step and its report column, at a test's budget (no ONNX, no memory runs)
+        "latency": {"onnx": False, "options": ["--reps", "3", "--warmup", "1", "--batch", "2",
+                                               "--no-memory", "--quiet"]},
         # a 3-value C grid: every step and artefact, not the 45-value selection (tests' budget)
         "probe_options": ["--grid", "0.1", "10", "3"],
     },
@@ -219,6 +245,36 @@ def calib_options(preset: dict) -> list[str]:
     return opts
 
 
+def baseline_steps(args, preset: dict, out: Path, overrides: list[str]) -> list[Step]:
+    """Each baseline of the preset, converted and probed exactly as the checkpoint (same widths,
+    calibration, datasets, protocol) under OUT/baselines/NAME/. ``random-init``: the pretraining
+    command (one process) with ``--init-only``: the same config and seed, no training."""
+    steps = []
+    for name in preset.get("baselines", []):
+        folder = out / "baselines" / name
+        ckpt, export = folder / "checkpoint.pth", folder / "export"
+        init_cmd = [sys.executable, str(ROOT / "tools" / "pretrain.py"), "--config",
+                    str(ROOT / preset["pretrain_config"]), "--init-only",
+                    *[o for o in overrides if not o.startswith("output.dir=")],
+                    f"output.dir={folder}"]
+        steps.append(Step(name, init_cmd, outputs=[ckpt],
+                          inputs=[ROOT / preset["pretrain_config"]]))
+        widths = [str(w) for w in preset["widths"]]
+        cmd = [sys.executable, str(ROOT / "tools" / "convert_width.py"), str(ckpt), "--widths",
+               *widths, *calib_options(preset), "--formats", "torchvision", "--out", str(export),
+               "--quiet"]
+        if args.calib_data:
+            cmd += ["--calib-data", args.calib_data]
+        steps.append(Step(f"convert-{name}", cmd, inputs=[ckpt],
+                          outputs=[export / width_dir(w) / "meta.json" for w in preset["widths"]]))
+        steps.append(Step(f"linear-probe-{name}",
+                          probe_command(args, preset, out, export, widths, folder / "probe"),
+                          outputs=[folder / "probe" / "results.json"],
+                          inputs=[export / width_dir(w) / "torchvision.pth"
+                                  for w in preset["widths"]]))
+    return steps
+
+
 def build_steps(args, preset: dict, out: Path) -> list[Step]:
     py = sys.executable
     ckpt = out / "pretrain" / "checkpoint.pth"
@@ -226,6 +282,11 @@ def build_steps(args, preset: dict, out: Path) -> list[Step]:
     steps: list[Step] = data_steps(args, preset, out, bool(preset["det_widths"]))
 
     overrides = list(preset["pretrain_overrides"]) + [f"output.dir={out / 'pretrain'}"]
+    fixture = []
+    if preset.get("pretrain_on_fixture"):
+        probe_root, _ = _roots(args, out)
+        overrides += ["data.name=cifar10", f"data.root={probe_root}", "data.verify_md5=false"]
+        fixture = [probe_root / "cifar-10-batches-py" / "test_batch"]
     if args.data_root and not preset["builtin_data"]:
         overrides.append(f"data.root={args.data_root}")
     overrides += args.pretrain_override
@@ -235,21 +296,32 @@ def build_steps(args, preset: dict, out: Path) -> list[Step]:
         pretrain_cmd = [py, "-m", "torch.distributed.run", f"--nproc_per_node={args.gpus}",
                         *pretrain_cmd[1:]]
     steps.append(Step("pretrain", pretrain_cmd, outputs=[ckpt],
-                      inputs=[ROOT / preset["pretrain_config"]]))
+                      inputs=[ROOT / preset["pretrain_config"], *fixture]))
 
     widths = [str(w) for w in preset["widths"]]
     convert_cmd = [py, str(ROOT / "tools" / "convert_width.py"), str(ckpt), "--widths", *widths,
                    *calib_options(preset), "--out", str(export), "--quiet"]
+    latency = preset.get("latency")
+    if latency and latency.get("onnx"):
+        formats = ["torchvision"] + (["detectron2", "mmdet"] if preset["det_widths"] else [])
+        convert_cmd += ["--formats", *formats, "onnx"]
     if args.calib_data:
         convert_cmd += ["--calib-data", args.calib_data]
     steps.append(Step("convert", convert_cmd,
                       outputs=[export / width_dir(w) / "meta.json" for w in preset["widths"]],
                       inputs=[ckpt]))
+    if latency:
+        steps.append(Step("latency", [py, str(ROOT / "tools" / "bench_widths.py"), str(export),
+                                      *latency.get("options", [])],
+                          outputs=[export / width_dir(w) / "latency.json"
+                                   for w in preset["widths"]],
+                          inputs=[export / width_dir(w) / "meta.json" for w in preset["widths"]]))
 
     steps.append(Step("linear-probe",
                       probe_command(args, preset, out, export, widths, out / "probe"),
                       outputs=[out / "probe" / "results.json"],
                       inputs=[export / width_dir(w) / "torchvision.pth" for w in preset["widths"]]))
+    steps += baseline_steps(args, preset, out, overrides)
 
     if detection_enabled(args, preset):
         for engine in preset["det_engines"]:
@@ -265,6 +337,61 @@ def build_steps(args, preset: dict, out: Path) -> list[Step]:
                           outputs=[out / "det" / "report"],
                           inputs=[s.outputs[0] for s in steps if s.name.startswith("det-")]))
     return steps
+
+
+def report_context(args, preset: dict, steps: list[Step]) -> dict:
+    """What transfer/report/summary.py needs beyond the files: dataset names, the headline
+    dataset, the baseline, and one sentence per step on the data and budget behind it."""
+    from pretrain.config import load_config
+    from transfer.report.answer import MIN_DET_IMAGES_SEEN, dataset_label
+    builtin = preset["builtin_data"]
+    names = {n: dataset_label(n, builtin) for n in preset["probe_datasets"]}
+    pre = next((s for s in steps if s.name == "pretrain"), None)
+    given = [c for c in pre.command if "=" in c and not c.startswith("--")] if pre else []
+    cfg = load_config(ROOT / preset["pretrain_config"], given) if pre else {}
+    d, sched = cfg.get("data", {}), cfg.get("schedule", {})
+    data_text = (f"the built-in synthetic shapes ({d.get('synthetic', {}).get('train_size')} "
+                 f"images)" if d.get("name") == "synthetic" else
+                 "the CIFAR-10-format fixture's 400 training images (tinted scans of scikit-learn "
+                 "digits, train split; labels unused)" if preset.get("pretrain_on_fixture") else
+                 f"{d.get('name')} at {d.get('root')}")
+    calib = f"{preset['calib_batches']} x {preset.get('calib_batch_size', 128)}"
+    options = " ".join(["tools/linear_probe.py", *preset.get("probe_options", [])])
+    probe = (f"{preset.get('probe_protocol', 'lbfgs')} linear probe on "
+             f"{' and '.join(names.values())} at {preset['probe_image_size']} px ({options})")
+    notes = {"data-classification": "writes the CIFAR-10-format fixture: tinted scans of "
+                                    "scikit-learn digits (train split), 40 per class, 32 px "
+                                    "(transfer/fixtures.py); the digits probe set is "
+                                    "scikit-learn's own (1257 train / 540 test, real)",
+             "pretrain": (f"{cfg.get('method', {}).get('name', '?')} on {data_text}, "
+                          f"{d.get('image_size')} px, {cfg.get('model', {}).get('arch')} "
+                          f"({cfg.get('model', {}).get('stem')} stem), {sched.get('iters')} "
+                          f"iterations at batch {d.get('batch_size')}") if cfg else "",
+             "convert": f"BN recalibrated at each width on {calib} pretraining images; "
+                        f"exports at {', '.join(f'{w:g}x' for w in preset['widths'])}",
+             "linear-probe": probe, "collect-detection": "gathers every detection metric",
+             "latency": ("times each width's backbone on this machine (tools/bench_widths.py: "
+                         "torch eager" + (" and onnxruntime" if (preset.get("latency") or {})
+                                          .get("onnx") else "")
+                         + ", batch 1 and " + " ".join((preset.get("latency") or {})
+                                                       .get("options", [])) + ")")}
+    if preset.get("det_images"):
+        di = preset["det_images"]
+        notes["data-detection"] = (f"writes synthetic VOC- and COCO-format detection sets: "
+                                   f"{di['train']} train / {di['test']} test images, "
+                                   f"{di['size']} px")
+    for name in preset.get("baselines", []):
+        notes[name] = "the same network, config and seed, untrained (tools/pretrain.py --init-only)"
+        notes[f"convert-{name}"] = "as convert, for the untrained network"
+        notes[f"linear-probe-{name}"] = "as linear-probe, for the untrained network"
+    for s in steps:
+        if s.name.startswith("det-") and preset.get("det_iters"):
+            seen = preset["det_iters"] * 2  # short_schedule's total batch
+            notes[s.name] = (f"Faster R-CNN fine-tune on the synthetic set, {preset['det_iters']}"
+                             f" iterations at batch 2 ({seen} images seen"
+                             + (": a smoke check)" if seen < MIN_DET_IMAGES_SEEN else ")"))
+    return {"dataset_labels": names, "headline": preset.get("headline"),
+            "baseline": (preset.get("baselines") or [None])[0], "step_notes": notes}
 
 
 @dataclass
@@ -505,17 +632,23 @@ def main(argv: list[str] | None = None) -> int:
     from pretrain.safe_io import UnsafeFileError
     from transfer.report.summary import collect, table, write_report
     try:
+        context = report_context(args, preset, steps) if compare is None else None
         report = write_report(out, preset_name=args.preset, steps=pipeline.records,
                               argv=[sys.executable, str(Path(__file__).resolve()),
-                                    *(sys.argv[1:] if argv is None else argv)], compare=compare)
+                                    *(sys.argv[1:] if argv is None else argv)], compare=compare,
+                              context=context)
         if compare is None:
-            print(table(collect(out)))
+            print(table(collect(out), context["dataset_labels"], context["headline"]))
         else:
             from transfer.report.compare import collect_compare, tables_text
             print(tables_text(collect_compare(out, compare)))
     except UnsafeFileError as err:
         print(f"{PROG}: error: report: {cli.one_line(err, 600)}", file=sys.stderr)
         return cli.EXIT_STEP_FAILED
+    answer = next((line for line in report.read_text().splitlines()
+                   if line.startswith("Answer: ")), None)
+    if answer:
+        print(answer)
     print(f"report: {report}  (plots and report.html beside it)")
     return 0
 

@@ -64,7 +64,8 @@ quiet_pip install -q -c "$CONSTRAINTS" "torch==$TORCH_V" "torchvision==$TV_V"
 # compiler (CUDA_HOME or nvcc on PATH, matching torch's CUDA): MMDetection's RoIAlign and NMS on a
 # GPU need them. The cached wheel's folder says which (a CPU wheel reused on a GPU machine would
 # leave MMDetection unable to run there): $WHEELS for the CPU, $WHEELS-cu<ver>-sm<archs> for CUDA.
-read -r MMCV_CUDA MMCV_ARCHS < <("$VENV/bin/python" - <<'PYEOF'
+mmcv_target() {  # "cu<ver> <archs>" | "nocompiler -" | "cpu -"
+"$VENV/bin/python" - <<'PYEOF'
 import torch
 from torch.utils.cpp_extension import CUDA_HOME
 if torch.version.cuda and torch.cuda.is_available() and CUDA_HOME:
@@ -76,13 +77,25 @@ elif torch.cuda.is_available():
 else:
     print("cpu", "-")
 PYEOF
-)
+}
+read -r MMCV_CUDA MMCV_ARCHS < <(mmcv_target)
+# A GPU but no CUDA compiler: NVIDIA's compiler from PyPI at torch's CUDA version
+# (tools/pypi_cuda_toolkit.sh; US3L_PYPI_CUDA=0 turns this off).
+if [[ "$MMCV_CUDA" == nocompiler && "${US3L_PYPI_CUDA:-1}" == 1 ]]; then
+  CUDA_VER="$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda)')"
+  if PYPI_CUDA_HOME="$(bash "$ROOT/tools/pypi_cuda_toolkit.sh" "$VENV/bin/python" "$CUDA_VER" \
+        "$CACHE/cuda-$CUDA_VER")"; then
+    export CUDA_HOME="$PYPI_CUDA_HOME"
+    echo "  no CUDA compiler on this machine: using NVIDIA's CUDA $CUDA_VER compiler from PyPI ($CUDA_HOME)"
+    read -r MMCV_CUDA MMCV_ARCHS < <(mmcv_target)
+  fi
+fi
 MMCV_DIR="$WHEELS"; MMCV_ENV=(FORCE_CUDA=0 CUDA_VISIBLE_DEVICES=)
 if [[ "$MMCV_CUDA" == cu* ]]; then
   MMCV_DIR="$WHEELS-$MMCV_CUDA-sm$(echo "$MMCV_ARCHS" | tr -d '.' | tr ';' '_')"
   MMCV_ENV=(FORCE_CUDA=1 "TORCH_CUDA_ARCH_LIST=$MMCV_ARCHS"); mkdir -p "$MMCV_DIR"
 elif [[ "$MMCV_CUDA" == nocompiler ]]; then
-  echo "  warning: this machine has a GPU but no CUDA compiler (set CUDA_HOME or put CUDA" \
+  echo "  warning: this machine has a GPU but no usable CUDA compiler (set CUDA_HOME or put CUDA" \
        "$("$VENV/bin/python" -c 'import torch; print(torch.version.cuda)')'s nvcc on PATH): mmcv is" \
        "built without CUDA ops, so MMDetection runs on the CPU only (train_det.sh says so)"
 fi
@@ -134,7 +147,7 @@ fi
 
 step "5/6 mmengine, mmdet, pycocotools and the project's own dependencies"
 quiet_pip install -q -c "$CONSTRAINTS" mmengine mmdet pycocotools scipy scikit-learn matplotlib \
-  pyyaml tqdm tensorboard pytest pytest-xdist
+  pyyaml tqdm tensorboard pytest pytest-xdist onnx onnxruntime onnxscript
 touch "$BASE/.us3l-base-complete"
 fi
 

@@ -9,12 +9,18 @@ command's own partial output, which the next run replaces, and raises ``StepFail
 naming the step, its exit status and its log). The pipeline calls the project's own CLIs as
 subprocesses, so what it runs is exactly what a user would type (and is logged). A stamp that
 cannot be read (a hand-edited or foreign file) counts as "not done": the step runs again.
+
+While a step runs, its output goes line by line to its log (unbuffered: ``PYTHONUNBUFFERED=1``,
+so ``tail -f OUT/logs/*.log`` follows it) and the lines that report progress (``progress_line``:
+pretraining iteration/loss/ETA and kNN, conversion per width, probe per width and dataset,
+detectron2's and mmdet's iteration/loss/ETA) are echoed to the console as ``[step] ...``.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -24,6 +30,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pretrain.safe_io import UnsafeFileError, atomic_write, read_json
+
+
+# Lines worth a console line, from each tool's own output: (pattern, compact form).
+_PROGRESS = [
+    # pretrain/monitor.py, transfer/linear/runner.py: already compact, shown as they are
+    (re.compile(r"^progress: (?P<text>.+)$"), "{text}"),
+    # transfer/export/convert.py: one line per converted width ("w0.25: stem 16 | ... | params
+    # 2.80M | MACs 0.15G@224 ...")
+    (re.compile(r"^(?P<w>w\d+(?:\.\d+)?):.*?params (?P<params>\S+) \| MACs (?P<macs>\S+)"),
+     "converted {w}: params {params}, MACs {macs}"),
+    # detectron2's CommonMetricPrinter: "eta: 0:01:02  iter: 19  total_loss: 1.234 ..."
+    (re.compile(r"(eta: (?P<eta>\S+)\s+)?iter: (?P<iter>\d+)\s+total_loss: (?P<loss>\S+)"),
+     "iteration {iter_1}, loss {loss}, ETA {eta}"),
+    # mmengine's LoggerHook: "Iter(train) [ 8/40]  ...  eta: 0:00:31 ... loss: 2.345 ..."
+    (re.compile(r"Iter\(train\) \[\s*(?P<iter>\d+)/(?P<total>\d+)\].*?eta: (?P<eta>\S+)"
+                r".*?\bloss: (?P<loss>\S+)"), "iteration {iter}/{total}, loss {loss}, ETA {eta}"),
+]
+
+
+def progress_line(line: str) -> str | None:
+    """The compact console form of a tool's progress line, or None (not a progress line)."""
+    for pattern, form in _PROGRESS:
+        found = pattern.search(line)
+        if found:
+            fields = {k: (v if v is not None else "?") for k, v in found.groupdict().items()}
+            if "iter" in fields and "total" not in fields:  # detectron2 counts from 0
+                fields["iter_1"] = str(int(fields["iter"]) + 1)
+            return form.format(**fields).replace(", ETA ?", "")  # the last iteration has none
+    return None
 
 
 class StepFailed(Exception):
@@ -69,11 +104,11 @@ class Step:
 
 
 class Pipeline:
-    def __init__(self, out: Path, log=print):
+    def __init__(self, out: Path, log=None):
         self.out = Path(out)
         self.state_dir = self.out / ".steps"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.log = log
+        self.log = log or (lambda line: print(line, flush=True))  # live, even into a pipe
         self.records: list[dict] = []
 
     def _stamp(self, step: Step) -> Path:
@@ -108,13 +143,12 @@ class Pipeline:
         start = time.time()
         logfile = self.out / "logs" / f"{step.name}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        with open(logfile, "w") as fh:
-            proc = subprocess.run(step.command, stdout=fh, stderr=subprocess.STDOUT, env=step.env)
+        returncode = self._stream(step, logfile)
         seconds = round(time.time() - start, 1)
-        if proc.returncode != 0:
+        if returncode != 0:
             tail = logfile.read_text().strip().splitlines()[-15:]
             self.log("\n".join(f"    {line}" for line in tail))
-            raise StepFailed(f"step '{step.name}' failed (exit {proc.returncode}) after "
+            raise StepFailed(f"step '{step.name}' failed (exit {returncode}) after "
                              f"{seconds}s; full log: {logfile}")
         missing = [str(p) for p in step.outputs if not Path(p).exists()]
         if missing:
@@ -126,6 +160,23 @@ class Pipeline:
         self.log(f"[{step.name}] done in {seconds}s")
         self.records.append(record)
         return record
+
+    def _stream(self, step: Step, logfile: Path) -> int:
+        """Run ``step``: every output line into ``logfile`` as it comes (flushed), its progress
+        lines to the console. Returns the exit status."""
+        env = dict(step.env if step.env is not None else os.environ, PYTHONUNBUFFERED="1")
+        with open(logfile, "w", buffering=1, errors="replace") as fh, \
+                subprocess.Popen(step.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 env=env, text=True, errors="replace", bufsize=1) as proc:
+            for raw in proc.stdout:
+                for line in raw.rstrip("\n").split("\r"):  # a bar's redraws: one line each
+                    if not line.strip():
+                        continue
+                    fh.write(line + "\n")
+                    shown = progress_line(line)
+                    if shown:
+                        self.log(f"[{step.name}] {shown}")
+            return proc.wait()
 
 
 def python() -> str:

@@ -6,9 +6,20 @@ that is set, else from the preset of ``name``; a switch given explicitly always 
 """
 from __future__ import annotations
 
-from pretrain.methods import byol, moco, simclr, simsiam
+from pretrain.methods import byol, moco, seed, simclr, simsiam, snet
 from pretrain.methods.us3l import PRESET as US3L_PRESET
 from pretrain.methods.us3l import SWITCHES, US3L, OnlineNetwork, table7_case  # noqa: F401
+
+# The class that trains each method name (a method that needs more than US3L's switches, such as
+# a frozen teacher, declares its own class in its own file and registers it here). Names not
+# listed train with US3L.
+CLASSES: dict[str, type] = {}
+CLASSES.update(seed=seed.SEED, seed_mse=seed.SEED)  # frozen-teacher distillation (Table 2)
+
+
+def build_method(backbone, cfg: dict):
+    """The training module for ``cfg["method"]["name"]`` over ``backbone``."""
+    return CLASSES.get(cfg["method"].get("name"), US3L)(backbone, cfg)
 
 PRESETS = {
     "us3l": US3L_PRESET,
@@ -17,7 +28,10 @@ PRESETS = {
     "byol": byol.PRESET,
     "mocov2": moco.PRESET_V2,
     "mocov3": moco.PRESET_V3,
+    "seed": seed.PRESET_SEED,
+    "seed_mse": seed.PRESET_SEED_MSE,
     "custom": {},
+    "snet": snet.PRESET,  # S-Net (Table 1): SimSiam switches, fixed width list, switchable BN
 }
 _CHOICES = {"base_loss": ("mse", "infonce"), "distill_loss": ("none", "mse", "infonce")}
 

@@ -119,8 +119,11 @@ class US3L(nn.Module):
         self.max_width = float(cfg["sampling"]["max_width"])
         proj = heads.projector(backbone.feature_dim, **h["projector"])
         out_dim = h["projector"]["out"]
-        pred = heads.predictor(out_dim, h["predictor"]["hidden"]) if m["predictor"] else None
-        dhead = (heads.distill_head(out_dim, h["distill_head"]["hidden"])
+        pred = (heads.predictor(out_dim, h["predictor"]["hidden"],
+                                bn_last=bool(h["predictor"].get("bn_last", False)))
+                if m["predictor"] else None)
+        dhead = (heads.distill_head(out_dim, h["distill_head"]["hidden"],
+                                    bn_last=bool(h["distill_head"].get("bn_last", False)))
                  if m["aux_distill_head"] else None)
         self.online = OnlineNetwork(backbone, proj, pred, dhead)
         self.use_momentum = bool(m["momentum_base"] or m["momentum_sub"])

@@ -25,7 +25,11 @@ LAST = 1280
 
 def _fixed_bn(L: Layers, channels: int) -> nn.Module:
     """BN of a layer whose channels never shrink (after the 1280-d conv)."""
-    return slim.SlimBatchNorm(channels) if L.slimmable else nn.BatchNorm2d(channels)
+    if not L.slimmable:
+        return nn.BatchNorm2d(channels)
+    bn = slim.SlimBatchNorm(channels)
+    bn.fixed_channels = True  # slim.make_switchable keeps its channels at every width
+    return bn
 
 
 def conv_bn_act(L: Layers, cin: int, cout: int, kernel: int, stride: int = 1,
@@ -90,5 +94,9 @@ class MobileNetV2(nn.Module):
 
 
 @register("mobilenetv2")
-def _build(arch: str, layers: Layers, stem: str = "imagenet") -> MobileNetV2:
-    return MobileNetV2(arch, stem, layers)
+def _build(arch: str, layers: Layers, stem: str = "imagenet", bn_widths: list | None = None
+           ) -> MobileNetV2:
+    """``bn_widths``: S-Net's switchable BN over that width list (the static build ignores it:
+    its plain BN takes the listed width's own statistics, slim.switched_state_dict)."""
+    model = MobileNetV2(arch, stem, layers)
+    return slim.make_switchable(model, bn_widths) if bn_widths and layers.slimmable else model

@@ -144,5 +144,9 @@ from pretrain.models import register  # noqa: E402
 
 
 @register("resnet18", "resnet50")
-def _build(arch: str, layers: Layers, stem: str = "imagenet") -> ResNet:
-    return ResNet(arch, stem, layers)
+def _build(arch: str, layers: Layers, stem: str = "imagenet", bn_widths: list | None = None
+           ) -> ResNet:
+    """``bn_widths``: S-Net's switchable BN over that width list (the static build ignores it:
+    its plain BN takes the listed width's own statistics, slim.switched_state_dict)."""
+    model = ResNet(arch, stem, layers)
+    return slim.make_switchable(model, bn_widths) if bn_widths and layers.slimmable else model

@@ -8,6 +8,15 @@ attention output is flattened back in the same layout before ``proj``. Hence
 ``slim.slice_state_dict`` cuts a static twin out of the full weights unchanged. Parameter names
 follow timm (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.i.{norm1,attn,norm2,mlp}``,
 ``norm``) except ``attn.qkv`` is split into ``attn.{q,k,v}``.
+
+MoCo v3's options the official US3L ViT runs use (ViT_experiments/models/us_vits.py,
+ViT_experiments/run.sh): ``heads`` (the official us_vit_tiny has 6 heads and us_vit_small 12, head
+dim 32; ``ARCHS`` keeps timm/DeiT's 3 and 6 when it is null; either way the number of heads is fixed
+and every head narrows with the width, as in us_vits.py's ``Attention``, which splits the current
+width C into ``num_heads`` heads of C // num_heads) and ``stop_grad_conv1`` (the patch projection
+stays at its random xavier init: MoCo v3's ``--stop-grad-conv1``). The patch projection is
+initialised as MoCo v3's ``VisionTransformerMoCo`` does (xavier-uniform over 3*p*p inputs, zero
+bias), and q/k/v as its "treat Q, K, V separately" init, which separate linears give by default.
 """
 from __future__ import annotations
 
@@ -18,7 +27,7 @@ import torch.nn.functional as F
 from pretrain.models import register
 from pretrain.models.common import Layers
 
-ARCHS = {  # embed dim, depth, heads, MLP ratio
+ARCHS = {  # embed dim, depth, heads (timm/DeiT; the official US3L ViT: 6 and 12), MLP ratio
     "vit_tiny": (192, 12, 3, 4),
     "vit_small": (384, 12, 6, 4),
 }
@@ -73,14 +82,19 @@ class VisionTransformer(nn.Module):
     channel_last_params = ("cls_token", "pos_embed")  # channels on the last dim (group reg)
 
     def __init__(self, arch: str = "vit_tiny", layers: Layers | None = None, image_size: int = 32,
-                 patch_size: int = 4, depth: int | None = None):
+                 patch_size: int = 4, depth: int | None = None, heads: int | None = None,
+                 stop_grad_conv1: bool = False):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown ViT '{arch}'; expected one of {sorted(ARCHS)}")
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         L = layers or Layers.slim()
-        dim, full_depth, heads, mlp_ratio = ARCHS[arch]
+        dim, full_depth, default_heads, mlp_ratio = ARCHS[arch]
+        heads = heads or default_heads
+        if dim % heads:
+            raise ValueError(f"model.heads {heads} does not divide {arch}'s embedding dim {dim}; "
+                             f"use a divisor such as {default_heads}")
         self.arch, self.layers_kind, self.heads = arch, L, heads
         self.image_size, self.patch_size = image_size, patch_size
         self.patch_embed = nn.Module()
@@ -100,6 +114,12 @@ class VisionTransformer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+        proj = self.patch_embed.proj  # MoCo v3 vits.py: xavier-uniform on (3*p*p, dim)
+        bound = (6.0 / (3 * patch_size * patch_size + dim)) ** 0.5
+        nn.init.uniform_(proj.weight, -bound, bound)
+        nn.init.zeros_(proj.bias)
+        self.stop_grad_conv1 = bool(stop_grad_conv1)
+        proj.requires_grad_(not self.stop_grad_conv1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.image_size, self.image_size):
@@ -114,5 +134,6 @@ class VisionTransformer(nn.Module):
 
 @register("vit_tiny", "vit_small")
 def _build(arch: str, layers: Layers, image_size: int = 32, patch_size: int = 4,
-           depth: int | None = None) -> VisionTransformer:
-    return VisionTransformer(arch, layers, image_size, patch_size, depth)
+           depth: int | None = None, heads: int | None = None,
+           stop_grad_conv1: bool = False) -> VisionTransformer:
+    return VisionTransformer(arch, layers, image_size, patch_size, depth, heads, stop_grad_conv1)

@@ -1,8 +1,8 @@
 """Exact BatchNorm statistics of a slimmable network at one width (design.md §2).
 
 During pretraining BN uses batch statistics at every width, so no width has running statistics
-of its own. Here they are computed afterwards: reset, forward N equal-size batches of eval-time
-images in train mode under no_grad with a cumulative average (momentum=None), then eval mode.
+of its own. Here they are computed afterwards: reset, forward N equal-size batches of images
+(by default training augmentations, as the official code; calib_data.py) in train mode under no_grad with a cumulative average (momentum=None), then eval mode.
 The result per channel is the average over batches of the batch mean and of the unbiased batch
 variance -- exactly what ``nn.BatchNorm`` with momentum=None accumulates. Never the width-1.0
 statistics sliced. This module is the one owner of the procedure (the converter and the linear
@@ -14,8 +14,9 @@ process, whose BN layers compute their own statistics) and the official US3L cod
 (config.py: ``MODEL.OFA.BN_CAL_BATCH_NUM = 5``, ``CUMULATIVE_BN_STATS = True``; configs:
 ``TRAIN.BATCH_SIZE: 128 # per-gpu``): 5 batches of 128 images, a cumulative average.
 ``DEFAULT_BATCHES`` x ``DEFAULT_BATCH_SIZE`` are the converter's and the probe's defaults.
-(The official ``workers/calibrate.py`` instead runs 501 batches of 128 augmented images through
-BN's exponential average, momentum 0.1, which weights only the last few dozen batches.)
+(The official ``workers/calibrate.py`` runs 501 batches of 128 augmented images through BN's
+exponential average, momentum 0.1, which weights only the last few dozen batches; its training
+augmentations are followed here, its EMA is not.)
 """
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ import torch.nn as nn
 
 from pretrain import slim
 
+# S-Net (switchable BN) is not recalibrated: each listed width's private BN has the running
+# statistics it was trained with, which is what slimmable networks evaluate with
+# (JiahuiYu/slimmable_networks train.py runs BN calibration only under the calibrate_bn flag of its
+# universally slimmable configs; US3L-CVPR2023 workers/calibrate.py is likewise the US-Net path).
+# The converter skips it for switchable BN and says so in meta.json.
+SWITCHABLE_PROCEDURE = ("none: switchable BatchNorm (S-Net) keeps each listed width's own "
+                        "running statistics from training; not recalibrated")
 DEFAULT_BATCHES = 5       # US-Net bn_cal_batch_num; US3L MODEL.OFA.BN_CAL_BATCH_NUM
 DEFAULT_BATCH_SIZE = 128  # images per batch (per process in US-Net / US3L)
 

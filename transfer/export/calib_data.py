@@ -5,9 +5,15 @@ By default the checkpoint's own pretraining data (its config's ``data`` section,
 folder), so the statistics describe the pretraining distribution. ``--calib-data`` overrides it
 with ``synthetic`` (the built-in set), ``digits`` (scikit-learn's real 8x8 digits),
 ``cifar10:ROOT``, ``cifar100:ROOT`` or ``folder:DIR`` (an ImageFolder tree or a flat folder).
-Transforms are the eval-time ones of ``pretrain.data.eval_transform`` (resize + center crop +
-ImageNet normalisation), never the pretraining augmentations. Real data is read by torchvision's
-classes (``download=False``; the MD5 check stays on unless ``verify_md5=False``).
+Transforms (``--calib-transform``): ``train`` (the default, the official protocol) = one view of the
+pretraining augmentation preset the checkpoint's ``data.augment`` names (``pretrain.data.
+two_view_transform``: random resized crop, flip, colour jitter p 0.8, grayscale p 0.2, blur p 0.5
+for ImageNet), as US3L-CVPR2023 ``workers/calibrate.py`` calibrates on its ``train_preprocess``
+(the training augmentations, not eval transforms). Each image's augmentation runs under a torch
+RNG seeded by (seed, image index), so every width sees the same augmented images and two runs are
+bit-identical. ``eval`` (the earlier behaviour) = ``pretrain.data.eval_transform`` (resize + center
+crop + ImageNet normalisation). Real data is read by torchvision's classes (``download=False``; the
+MD5 check stays on unless ``verify_md5=False``).
 """
 from __future__ import annotations
 
@@ -20,6 +26,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 KINDS = ("synthetic", "digits", "cifar10", "cifar100", "folder")
 SPEC_HELP = "synthetic | digits | cifar10:ROOT | cifar100:ROOT | folder:DIR"
+# --calib-transform: "train" is the official one (US3L-CVPR2023 workers/calibrate.py forwards its
+# train_preprocess: RandomResizedCrop 224, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale p 0.2,
+# blur p 0.5, flip); "eval" is the resize + center-crop transform this converter used before.
+TRANSFORMS = ("train", "eval")
+DEFAULT_TRANSFORM = "train"
 
 
 class CalibDataError(ValueError):
@@ -86,7 +97,9 @@ def image_size_and_kind(model_cfg: dict, config: dict, model=None, calib_size: i
     data's size for the CIFAR stem; ``calib_size`` overrides the size."""
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
     stem = model_cfg.get("stem")
-    kind = stem if stem in ("imagenet", "cifar") else str(data.get("augment", "imagenet"))
+    from pretrain.data import eval_kind
+    augment = str(data.get("augment", "imagenet"))
+    kind = stem if stem in ("imagenet", "cifar") else eval_kind(augment)
     fixed = model_cfg.get("image_size") or getattr(model, "image_size", None)
     size = calib_size or fixed or (int(data.get("image_size", 32)) if kind == "cifar" else 224)
     return int(size), kind
@@ -98,12 +111,38 @@ def eval_transform(image_size: int, stem: str = "imagenet"):
     return pretrain_eval("cifar" if stem == "cifar" else "imagenet", image_size)
 
 
-class _Transformed(Dataset):
-    """``base`` with the eval transform; an image that cannot be decoded (corrupt or truncated
-    file) is one ``CalibDataError`` line naming the file."""
+def augment_preset(spec: CalibSpec, stem: str = "imagenet", augment: str | None = None) -> str:
+    """The pretraining augmentation preset (``data.augment``) the ``train`` transform uses: the
+    one named (the checkpoint's), else the spec's own data section's, else the stem's kind."""
+    from pretrain.data import AUGMENTS
+    for name in (augment, (spec.data or {}).get("augment")):
+        if name in AUGMENTS:
+            return str(name)
+    return "cifar" if stem == "cifar" else "imagenet"
 
-    def __init__(self, base: Dataset, transform):
-        self.base, self.transform = base, transform
+
+def check_transform(transform: str) -> str:
+    if transform not in TRANSFORMS:
+        raise CalibDataError(f"unknown calibration transform {transform!r}; pass --calib-transform "
+                             f"{' or '.join(TRANSFORMS)}")
+    return transform
+
+
+def describe(transform: str, preset: str) -> str:
+    """How the calibration images were transformed, for meta.json and the report."""
+    if transform == "train":
+        return (f"training augmentations (data.augment {preset!r}, view 1; seeded per image, as "
+                f"US3L workers/calibrate.py)")
+    return "eval transforms (resize + center crop)"
+
+
+class _Transformed(Dataset):
+    """``base`` with a transform; with ``seed`` set, image i is transformed under a torch RNG
+    seeded by (seed, i) (random augmentations, reproducible, the global RNG left alone). An image
+    that cannot be decoded (corrupt or truncated file) is one ``CalibDataError`` line naming it."""
+
+    def __init__(self, base: Dataset, transform, seed: int | None = None):
+        self.base, self.transform, self.seed = base, transform, seed
 
     def __len__(self) -> int:
         return len(self.base)
@@ -118,7 +157,11 @@ class _Transformed(Dataset):
     def __getitem__(self, i):
         try:
             image, label = self.base[i]
-            return self.transform(image), label
+            if self.seed is None:
+                return self.transform(image), label
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + i)
+                return self.transform(image), label
         except (OSError, SyntaxError, ValueError) as err:  # PIL: UnidentifiedImageError, truncated
             first = " ".join(str(err).split())[:120] or type(err).__name__
             raise CalibDataError(f"calibration image {self._name(i)} cannot be read ({first}); "
@@ -170,22 +213,33 @@ def _raw_dataset(spec: CalibSpec, count: int, verify_md5: bool) -> Dataset:
 
 
 def build_dataset(spec: CalibSpec, image_size: int, stem: str = "imagenet",
-                  synthetic_size: int = 1024, verify_md5: bool = True) -> Dataset:
-    from pretrain.data import DataError
+                  synthetic_size: int = 1024, verify_md5: bool = True,
+                  transform: str = DEFAULT_TRANSFORM, augment: str | None = None,
+                  seed: int = 0) -> Dataset:
+    """The calibration images under ``transform`` ('train': the ``augment_preset`` seeded by
+    ``seed``; 'eval': resize + center crop)."""
+    from pretrain.data import DataError, two_view_transform
+    check_transform(transform)
     try:
         raw = _raw_dataset(spec, synthetic_size, verify_md5)
     except DataError as err:
         raise CalibDataError(f"calibration data {spec}: {err}") from None
-    return _Transformed(raw, eval_transform(image_size, stem))
+    if transform == "eval":
+        return _Transformed(raw, eval_transform(image_size, stem))
+    preset = augment_preset(spec, stem, augment)
+    return _Transformed(raw, two_view_transform(preset, image_size, 0), seed=seed)
 
 
 def calibration_loader(spec: CalibSpec, image_size: int, batch_size: int, num_batches: int,
                        stem: str = "imagenet", seed: int = 0, workers: int = 0,
-                       verify_md5: bool = True) -> DataLoader:
+                       verify_md5: bool = True, transform: str = DEFAULT_TRANSFORM,
+                       augment: str | None = None) -> DataLoader:
     """``num_batches`` equal-size batches drawn without replacement by a seeded permutation
-    (the same images for every width). Errors if the dataset is too small."""
+    (the same images, and the same augmentations, for every width). Errors if the dataset is
+    too small."""
     need = batch_size * num_batches
-    dataset = build_dataset(spec, image_size, stem, synthetic_size=need, verify_md5=verify_md5)
+    dataset = build_dataset(spec, image_size, stem, synthetic_size=need, verify_md5=verify_md5,
+                            transform=transform, augment=augment, seed=seed)
     if len(dataset) < need:
         raise CalibDataError(f"calibration data {spec} has {len(dataset)} images, "
                              f"{num_batches} batches of {batch_size} need {need}; lower "

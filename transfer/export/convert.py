@@ -16,6 +16,10 @@ hidden ``.w0.50.<pid>.*.tmp/`` that readers ignore and the next run removes.
 multiples of 8, so e.g. a step of 1e-6 gives 750001 widths but a few hundred plans) are
 de-duplicated, keeping the lowest width of each plan, with a note; steps below 1e-6 (the
 precision widths are kept to) are refused.
+
+An S-Net checkpoint (switchable BN, pretrain/methods/snet.py) exports its listed widths only (by
+default all of them; another width is one line naming the list, exit code 2), each with that
+width's own trained BN statistics, not recalibrated (meta.json ``calibration.procedure``).
 """
 from __future__ import annotations
 
@@ -39,9 +43,13 @@ from pretrain.checkpoint import (CheckpointError, file_sha256, load_backbone, lo
 from pretrain import safe_io
 from pretrain.safe_io import atomic_write
 from transfer.export import (bn_calibration, calib_data, detectron2_export, macs, meta as meta_mod,
-                             mmdet_export, torchvision_export, verify)
+                             mmdet_export, onnx_export, torchvision_export, verify)
 
-FORMATS = ("torchvision", "detectron2", "mmdet")
+FORMATS = ("torchvision", "detectron2", "mmdet", "onnx")
+# onnx is opt-in (issue #14): deployment wants it for chosen widths only, and exporting plus
+# verifying it adds ~1 s per width, which every converter run and CI test would pay otherwise
+DEFAULT_FORMATS = ("torchvision", "detectron2", "mmdet")
+NOT_DETECTOR_FORMATS = {"torchvision", "onnx"}
 DETECTOR_ARCHS = ("resnet18", "resnet50")
 DEFAULT_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 EXIT_BAD_INPUT, EXIT_VERIFY_FAILED = cli.EXIT_BAD_INPUT, cli.EXIT_STEP_FAILED
@@ -169,10 +177,17 @@ def parser() -> cli.ArgumentParser:
                    help="add every width LOW, LOW+STEP, ..., HIGH (e.g. 0.25:1.0:0.05); widths "
                         "with the same channel plan are exported once (the lowest)")
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=None,
-                   help="default: all three for an ImageNet-stem ResNet, else torchvision")
+                   help="default: torchvision detectron2 mmdet for an ImageNet-stem ResNet, else "
+                        "torchvision; onnx (model.onnx, dynamic batch axis, verified with "
+                        "onnxruntime) only when asked")
     p.add_argument("--arch", default=None, help="fail unless the checkpoint is this architecture")
     p.add_argument("--calib-data", default=None,
                    help=f"{calib_data.SPEC_HELP} (default: the checkpoint's pretraining data)")
+    p.add_argument("--calib-transform", choices=calib_data.TRANSFORMS,
+                   default=calib_data.DEFAULT_TRANSFORM,
+                   help="BN calibration images: train = the checkpoint's data.augment training "
+                        "augmentations, seeded (default; US3L workers/calibrate.py), eval = "
+                        "resize + center crop (the earlier behaviour)")
     p.add_argument("--calib-batches", type=cli.int_at_least(1),
                    default=bn_calibration.DEFAULT_BATCHES,
                    help=f"BN calibration batches ({bn_calibration.DEFAULT_BATCHES}, at least 1; "
@@ -284,6 +299,7 @@ class Plan:
     args: argparse.Namespace
     notes: list[str] = field(default_factory=list)
     range_notes: list[str] = field(default_factory=list)
+    calib_preset: str = "imagenet"  # the data.augment preset of --calib-transform train
 
 
 def prepare(args: argparse.Namespace) -> Plan:
@@ -327,8 +343,13 @@ def prepare(args: argparse.Namespace) -> Plan:
                          f"{len(distinct)} distinct channel plans{also}; exporting "
                          f"{len(fresh)} (the lowest width of each plan)")
         widths = sorted(set(widths) | set(fresh))
+    listed = slim.listed_widths(slimmable)  # S-Net: only its listed widths have their own BN
     if not widths:
-        widths = [w for w in DEFAULT_WIDTHS if low <= w <= high]
+        widths = list(listed) if listed else [w for w in DEFAULT_WIDTHS if low <= w <= high]
+    for w in widths if listed else ():
+        if all(abs(w - v) >= 1e-6 for v in listed):
+            raise ConvertError(f"width {w:g} is not in the checkpoint's trained width list "
+                               f"{sorted(listed)} (S-Net, switchable BN); pass --widths from it")
     for w in widths:
         if not slim.MIN_WIDTH <= w <= slim.MAX_WIDTH:
             raise ConvertError(f"width {w:g} is outside [{slim.MIN_WIDTH}, {slim.MAX_WIDTH}]; pass "
@@ -342,8 +363,9 @@ def prepare(args: argparse.Namespace) -> Plan:
 
     stem = cfg.get("stem", "imagenet")
     detector_ok = arch in DETECTOR_ARCHS and stem == "imagenet"
-    formats = list(dict.fromkeys(args.formats or (FORMATS if detector_ok else ("torchvision",))))
-    if not detector_ok and set(formats) - {"torchvision"}:
+    formats = list(dict.fromkeys(args.formats or (DEFAULT_FORMATS if detector_ok
+                                                  else ("torchvision",))))
+    if not detector_ok and set(formats) - NOT_DETECTOR_FORMATS:
         why = (f"a {stem!r}-stem checkpoint (3x3 conv, no max-pool) cannot go to detectors, which "
                f"need the ImageNet stem" if arch in DETECTOR_ARCHS
                else f"detector exports take resnet18/resnet50, not {arch!r}")
@@ -359,15 +381,19 @@ def prepare(args: argparse.Namespace) -> Plan:
                            f"images only; drop --calib-size")
     image_size, kind = calib_data.image_size_and_kind(cfg, config, slimmable, args.calib_size)
     verify_md5 = not args.no_verify_md5 and bool(data_cfg.get("verify_md5", True))
+    augment = data_cfg.get("augment")
     loader = calib_data.calibration_loader(spec, image_size, args.calib_batch_size,
-                                           args.calib_batches, stem=kind, verify_md5=verify_md5)
+                                           args.calib_batches, stem=kind, verify_md5=verify_md5,
+                                           transform=args.calib_transform, augment=augment)
     return Plan(ckpt_path, file_sha256(ckpt_path), ckpt, cfg, slimmable, widths, formats, spec,
-                image_size, loader, out, device, args, range_notes=notes)
+                image_size, loader, out, device, args, range_notes=notes,
+                calib_preset=calib_data.augment_preset(spec, kind, augment))
 
 
 # ------------------------------------------------------------------------------------ one width
 def verification_input(plan: Plan) -> torch.Tensor:
-    """The first calibration images (eval transforms), on CPU: what every engine is compared on."""
+    """The first calibration images (--calib-transform, seeded), on CPU: what every engine is
+    compared on."""
     images = next(iter(plan.loader))
     images = images[0] if isinstance(images, (list, tuple)) else images
     return images[: plan.args.verify_images].float().cpu()
@@ -379,9 +405,16 @@ def convert_width(plan: Plan, width: float, x: torch.Tensor, show_renames: bool)
     from pretrain.models.resnet import channel_plan
 
     slimmable, cfg, arch = plan.slimmable, plan.model_cfg, plan.model_cfg.get("arch")
-    used = bn_calibration.recalibrate_bn(slimmable, width, plan.loader, plan.args.calib_batches,
-                                         device=plan.device, progress=not plan.args.quiet)
-    if used == 0 and not plan.notes:
+    switchable = slim.listed_widths(slimmable) is not None
+    if switchable:  # S-Net: each listed width keeps its own trained BN statistics (no calibration)
+        slim.set_width(slimmable, width)
+        slimmable.eval()
+        used = 0
+    else:
+        used = bn_calibration.recalibrate_bn(slimmable, width, plan.loader,
+                                             plan.args.calib_batches, device=plan.device,
+                                             progress=not plan.args.quiet)
+    if used == 0 and not plan.notes and not switchable:
         plan.notes.append(f"{arch} has no BatchNorm layers: nothing to recalibrate")
         print(plan.notes[-1])
     slimmable.cpu()
@@ -412,8 +445,13 @@ def convert_width(plan: Plan, width: float, x: torch.Tensor, show_renames: bool)
             "calibration": {"data": str(plan.spec), "batches": used,
                             "batch_size": plan.args.calib_batch_size,
                             "image_size": plan.image_size, "device": str(plan.device),
+                            "transform": plan.args.calib_transform,
+                            "augment": (plan.calib_preset if plan.args.calib_transform == "train"
+                                        else None),
                             "procedure": ("reset; train-mode no_grad forwards, momentum=None "
-                                          "cumulative average; eval-time transforms") if used
+                                          "cumulative average; " + calib_data.describe(
+                                              plan.args.calib_transform, plan.calib_preset)) if used
+                            else bn_calibration.SWITCHABLE_PROCEDURE if switchable
                             else "none: the network has no BatchNorm layers"},
             "source": {"checkpoint": str(plan.ckpt_path.resolve()), "sha256": plan.sha256,
                        "width_range": list(width_range(plan.ckpt)),
@@ -437,6 +475,9 @@ def convert_width(plan: Plan, width: float, x: torch.Tensor, show_renames: bool)
                 tmp / mmdet_export.FILENAME,
                 mmdet_export.mmdet_checkpoint(state, {"arch": arch, "width": width,
                                                       "source_sha256": plan.sha256}))
+        if "onnx" in plan.formats:
+            files["onnx"], meta["onnx"] = onnx_export.write(tmp / onnx_export.FILENAME, static,
+                                                            plan.image_size)
         meta["files"] = {k: p.name for k, p in files.items()}
         meta_path = meta_mod.write_meta(tmp / meta_mod.META_NAME, meta)
 
@@ -449,11 +490,15 @@ def convert_width(plan: Plan, width: float, x: torch.Tensor, show_renames: bool)
                 results.append(verify.verify_detectron2(files["detectron2"], meta_path, x, refs))
             if "mmdet" in files:
                 results.append(verify.verify_mmdet(files["mmdet"], meta_path, x, refs))
+            if "onnx" in files:
+                results.append(verify.verify_onnx(files["onnx"], x, refs))
             row["errors"] = {r.engine: r.max_rel_error for r in results}
             row["keys"] = {r.engine: r.keys for r in results}
             meta["verification"] = {"tolerance": verify.TOLERANCE, "images": int(x.shape[0]),
                                     "image_size": int(x.shape[-1]),
                                     "max_rel_error": row["errors"], "keys": row["keys"]}
+            if "onnx" in files:
+                meta["verification"]["tolerance_onnxruntime"] = verify.ONNX_TOLERANCE
             meta_mod.write_meta(meta_path, meta)
         _publish(tmp)
         _replace_dir(tmp, final)
@@ -486,7 +531,7 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 # ------------------------------------------------------------------------------------ reports
 ENGINE_COLUMNS = ("torchvision", "torchvision.models.resnet18", "torchvision.models.resnet50",
-                  "detectron2", "mmdet")
+                  "detectron2", "mmdet", "onnxruntime")
 
 
 def _fmt_err(row: dict, engine: str) -> str:
@@ -518,11 +563,14 @@ def write_reports(plan: Plan, rows: list[dict]) -> None:
             f"- source sha256: `{plan.sha256}`",
             f"- architecture: {plan.model_cfg.get('arch')} (stem {plan.model_cfg.get('stem', 'imagenet')})",
             f"- BN calibration: {plan.args.calib_batches} x {plan.args.calib_batch_size} images of "
-            f"`{plan.spec}` at {plan.image_size} px (eval transforms, momentum=None)",
+            f"`{plan.spec}` at {plan.image_size} px ("
+            f"{calib_data.describe(plan.args.calib_transform, plan.calib_preset)}, momentum=None)",
             f"- formats: {', '.join(plan.formats)}",
             (f"- verification: each export loaded by its engine's own loader with zero missing, "
              f"unexpected or shape-skipped backbone keys; features C2..C5 vs the slimmable "
              f"network at the same width in eval mode, max |a-b|/max|b| <= {verify.TOLERANCE:g}"
+             + (f" (onnxruntime: <= {verify.ONNX_TOLERANCE:g}, onnx.checker passing)"
+                if "onnx" in plan.formats else "")
              if verified else "- verification: skipped (--no-verify)"),
             f"- {macs.COUNTED}", "", verification_table(rows)]
     reports = {"verification.md": "\n".join(text),

@@ -66,7 +66,7 @@ class CheckpointSource:
         self.calib_batches, self.calib_batch_size = calib_batches, calib_batch_size
         self.loader = calib_data.calibration_loader(
             self.spec, self.calib_size, calib_batch_size, calib_batches, stem=stem,
-            workers=workers, verify_md5=verify_md5 and bool(data_cfg.get("verify_md5", True)))
+            augment=data_cfg.get("augment"), workers=workers, verify_md5=verify_md5 and bool(data_cfg.get("verify_md5", True)))
 
     def widths(self) -> list[float] | None:
         """The default widths that lie in the checkpoint's trained range (an imported fixed-width

@@ -136,6 +136,8 @@ def _run(src, widths, names, settings, config, cache, device, out) -> dict:
             except FloatingPointError as err:
                 raise ProbeDiverged(f"width {width:g}, {name}: {' '.join(str(err).split())}") \
                     from None
+            print(f"progress: probe width {width:g}x, {name}: "  # tools/run_all.py shows it
+                  f"{row['datasets'][name]['value']:.1f}", flush=True)
             if config is not None and not config_written:
                 _write_json(out / "config.json", config)
                 config_written = True

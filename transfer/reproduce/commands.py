@@ -55,6 +55,30 @@ PROBE_IMAGES = {"cifar10": 60000, "cifar100": 60000, "flowers102": 8189, "pets":
 SGD_PROBE_EPOCHS = 101  # 1 epoch of BN recalibration + 100 epochs (transfer/linear/sgd.py)
 
 
+# --smoke: every step of a row at toy scale, to check the plumbing end to end on a CPU in about a
+# minute (the numbers mean nothing). Pretraining: 2 iterations on the built-in synthetic set with
+# small heads (ViTs: one block of 32 px at patch 8; CNNs: 16 px); only the row's largest and
+# smallest widths; export with one 16-image calibration batch; probe: L-BFGS on scikit-learn's
+# digits (bundled, no download) over 3 weight decays, features cached under OUT/cache.
+SMOKE_PRETRAIN = ("data.name=synthetic", "data.batch_size=8", "data.num_workers=0",
+                  "data.synthetic.train_size=32", "data.synthetic.val_size=0",
+                  "schedule.iters=2", "optim.warmup_epochs=0", "checkpoint.every_iters=2",
+                  "heads.projector.hidden=32", "heads.projector.out=16",
+                  "heads.predictor.hidden=32", "heads.distill_head.hidden=32",
+                  "monitor.knn_every=0", "monitor.tensorboard=false", "amp=false")
+SMOKE_MODEL = {"vit": ("model.image_size=32", "model.patch_size=8", "model.depth=1",
+                       "data.image_size=32"),
+               "cnn": ("data.image_size=16",)}
+SMOKE_CONVERT = ("--calib-batches", "1", "--calib-batch-size", "16")
+SMOKE_PROBE = ("--datasets", "digits", "--protocol", "lbfgs", "--wd-grid", "1e-4", "1e-2", "3")
+
+
+def smoke_overrides(row: Row) -> list[str]:
+    """The pretraining overrides of ``--smoke`` for ``row``'s architecture."""
+    arch = str(resolved_config(row)["model"]["arch"])
+    return list(SMOKE_PRETRAIN) + list(SMOKE_MODEL["vit" if arch.startswith("vit") else "cnn"])
+
+
 def width_dir(width: float) -> str:
     """The converter's folder for ``width`` (transfer/export/convert.py ``folder_name``)."""
     return f"w{width:.2f}" if round(width, 2) == width else f"w{width:g}"
@@ -110,6 +134,7 @@ class Settings:
     det_data: str = "datasets"           # $DETECTRON2_DATASETS
     gpus: int = 1
     python: str = sys.executable
+    smoke: bool = False                  # toy scale (SMOKE_*), to check the plumbing
 
 
 def row_dir(s: Settings, row: Row) -> Path:
@@ -124,13 +149,16 @@ def commands(row: Row, s: Settings) -> list[Command]:
     folder_data = _data_name(row) == "folder"
     root = s.imagenet_root if folder_data else s.data_root
     ev = row.evaluation
-    runs = [(w, [w]) for w in row.widths] if row.individual else [(None, list(row.widths))]
+    widths = sorted({max(row.widths), min(row.widths)}, reverse=True) if s.smoke else row.widths
+    runs = [(w, [w]) for w in widths] if row.individual else [(None, list(widths))]
+    smoke = smoke_overrides(row) if s.smoke else []
     cmds: list[Command] = []
     for fixed, widths in runs:
-        pid = pretrain_id(row, fixed)
+        pid = pretrain_id(row, fixed) + ("+smoke" if s.smoke else "")
         pdir = out / "pretrain" / pid
         ckpt = pdir / "checkpoint.pth"
         over = list(row.overrides) + ([f"sampling.fixed_width={fixed}"] if fixed is not None else [])
+        over += smoke
         launcher = [py] if s.gpus <= 1 else [py, "-m", "torch.distributed.run",
                                              f"--nproc_per_node={s.gpus}"]
         cmds.append(Command(f"pretrain-{pid}", launcher + [
@@ -146,14 +174,19 @@ def commands(row: Row, s: Settings) -> list[Command]:
         tag = f"t{row.table}-{row.key}{suffix}"
         cmds.append(Command(f"convert-{tag}", [
             py, str(ROOT / "tools" / "convert_width.py"), str(ckpt), "--widths", *ws,
-            "--formats", *formats, "--out", str(export), "--quiet"],
+            "--formats", *formats, "--out", str(export), "--quiet",
+            *(SMOKE_CONVERT if s.smoke else ())],
             [export / width_dir(w) / "meta.json" for w in widths], [ckpt], "convert"))
         if ev.kind == "probe":
             probe = rdir / f"probe{suffix}"
+            size = next((o.split("=")[1] for o in smoke if o.startswith("data.image_size=")), "")
+            evaluation = (list(SMOKE_PROBE) + ["--image-size", size, "--cache-dir",
+                                               str(out / "cache")] if s.smoke else
+                          ["--datasets", *ev.datasets, "--data-root", s.data_root,
+                           "--protocol", ev.protocol, "--image-size", str(ev.image_size)])
             cmds.append(Command(f"probe-{tag}", [
                 py, str(ROOT / "tools" / "linear_probe.py"), "--export", str(export),
-                "--widths", *ws, "--datasets", *ev.datasets, "--data-root", s.data_root,
-                "--protocol", ev.protocol, "--image-size", str(ev.image_size), "--out", str(probe)],
+                "--widths", *ws, *evaluation, "--out", str(probe)],
                 [probe / "results.json"], [export / width_dir(w) / "torchvision.pth"
                                            for w in widths], "probe"))
         else:

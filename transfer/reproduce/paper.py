@@ -14,8 +14,9 @@ Conventions the data follows (each is a choice, said here once):
   sandwich + no-dynamic row is case 13, its last row Table 8's "dynamic only").
 * "Individually trained" rows (SimCLR, SimSiam, BYOL, MoCo v3) are one pretraining run per width
   (``sampling.fixed_width=W``), as the paper trains n models.
-* Table 1 "Ours" is listed under S-Net (4 switches) in the paper; this suite has no S-Net, so the
-  row runs US3L (universally slimmable, a superset of the 4 switches) and says so in its note.
+* Table 1 "Ours" is listed under S-Net (4 switches) in the paper; the row runs US3L (universally
+  slimmable, a superset of the 4 switches) and says so in its note. The S-Net baselines run
+  ``snet_r18_cifar100`` / ``snet_distill_r18_cifar100`` (switchable BN, pretrain/methods/snet.py).
 * Fig. 3's values are only drawn in the figure; the text gives Ours - BYOL AP50 of +2.6 (0.5x)
   and +18.5 (0.25x), kept in ``note``; ``paper`` is empty, so --collect shows '–' for the paper.
 """
@@ -112,16 +113,23 @@ T1 = Table("1", "Table 1. Supervised vs SimSiam under S-Net on CIFAR-100 (ResNet
         _acc(W4, (65.2, 64.0, 60.6, 51.2)), "simsiam_r18_cifar100", individual=True,
         evaluation=C100_SGD),
     Row("1", "simsiam-snet", "SimSiam / S-Net [32]", "SimSiam S-Net", W4,
-        _acc(W4, (_, _, _, _)), unavailable=ISSUE_13 + " (S-Net is not built yet)"),
+        _acc(W4, (_, _, _, _)), "snet_r18_cifar100", evaluation=C100_SGD,
+        note="switchable BN over 1.0/0.75/0.5/0.25, no distillation (pretrain/methods/snet.py)"),
     Row("1", "simsiam-snet-distill", "SimSiam / S-Net+Distill [31]", "SimSiam S-Net+distill", W4,
-        _acc(W4, (46.9, 46.9, 46.7, 45.3)), unavailable=ISSUE_13 + " (S-Net is not built yet)"),
+        _acc(W4, (46.9, 46.9, 46.7, 45.3)), "snet_distill_r18_cifar100", evaluation=C100_SGD,
+        note="switchable BN, in-place distillation from the largest width (Table 7 case 2)"),
     Row("1", "ours", "SimSiam / Ours", "US3L", W4, _acc(W4, (65.5, 65.3, 63.2, 59.7)),
         "us3l_r18_cifar100", evaluation=C100_SGD,
         note="paper: S-Net with 4 switches; here US3L (US-Net) probed at the 4 widths"),
 ))
 
 # ------------------------------------------------------------------------------ Table 2
-_SEED = ISSUE_13 + " (SEED / SEED-MSE distillation from a pretrained teacher is not built yet)"
+# SEED rows: one run per width (the paper's "Once Training x", cost nT), each distilled from a
+# BYOL teacher at 1.0x trained first (configs/pretrain/byol_*_cifar100.yaml at its default
+# output.dir, the path the seed configs name; teacher.checkpoint=PATH names another).
+_TEACHER = "teacher: {} at 1.0x, trained first (configs/pretrain/{}.yaml, its default output.dir)"
+_R18_TEACHER = ("teacher.checkpoint=runs/byol_r18_cifar100/checkpoint.pth",)
+_MBV2_TEACHER = ("teacher.checkpoint=runs/byol_mbv2_cifar100/checkpoint.pth",)
 
 
 def _t2(key, name, method, values, config=None, overrides=(), individual=False, unavailable=None,
@@ -138,11 +146,14 @@ T2 = Table("2", "Table 2. Main results on CIFAR-100 (linear eval, SGD protocol)"
     _t2("r18-byol", "ResNet-18 BYOL", "BYOL",
         (66.8, 66.0, 65.6, 65.3, 63.0, 62.1, 59.5, 56.0, 54.3), "byol_r18_cifar100", individual=True),
     _t2("r18-seed-r50", "ResNet-18 SEED (BYOL R-50)", "SEED",
-        (67.3, 66.6, 65.8, 65.2, 64.8, 63.5, 62.2, 60.1, 58.5), unavailable=_SEED),
+        (67.3, 66.6, 65.8, 65.2, 64.8, 63.5, 62.2, 60.1, 58.5), "seed_r18_cifar100", individual=True,
+        note=_TEACHER.format("BYOL R-50", "byol_r50_cifar100")),
     _t2("r18-seedmse-r18", "ResNet-18 SEED-MSE (BYOL R-18)", "SEED-MSE",
-        (67.5, 67.2, 66.5, 66.0, 65.9, 64.8, 64.0, 62.4, 60.1), unavailable=_SEED),
+        (67.5, 67.2, 66.5, 66.0, 65.9, 64.8, 64.0, 62.4, 60.1), "seed_mse_r18_cifar100", _R18_TEACHER,
+        individual=True, note=_TEACHER.format("BYOL R-18", "byol_r18_cifar100")),
     _t2("r18-seedmse-r50", "ResNet-18 SEED-MSE (BYOL R-50)", "SEED-MSE",
-        (67.5, 66.8, 66.7, 66.0, 65.4, 64.9, 63.6, 61.3, 60.1), unavailable=_SEED),
+        (67.5, 66.8, 66.7, 66.0, 65.4, 64.9, 63.6, 61.3, 60.1), "seed_mse_r18_cifar100", individual=True,
+        note=_TEACHER.format("BYOL R-50", "byol_r50_cifar100")),
     _t2("r18-us-simclr", "ResNet-18 US+SimCLR", "US+SimCLR",
         (65.5, 64.9, 63.8, 63.6, 62.7, 61.8, 60.2, 58.2, 57.4), "us_simclr_r18_cifar100"),
     _t2("r18-us-simsiam", "ResNet-18 US+SimSiam", "US+SimSiam",
@@ -155,9 +166,11 @@ T2 = Table("2", "Table 2. Main results on CIFAR-100 (linear eval, SGD protocol)"
     _t2("r50-byol", "ResNet-50 BYOL", "BYOL",
         (67.0, 66.7, 66.5, 66.3, 66.0, 64.9, 63.8, 62.1, 61.2), "byol_r50_cifar100", individual=True),
     _t2("r50-seed-r50", "ResNet-50 SEED (BYOL R-50)", "SEED",
-        (70.3, 69.8, 69.6, 69.4, 69.0, 68.2, 67.2, 65.6, 65.1), unavailable=_SEED),
+        (70.3, 69.8, 69.6, 69.4, 69.0, 68.2, 67.2, 65.6, 65.1), "seed_r50_cifar100", individual=True,
+        note=_TEACHER.format("BYOL R-50", "byol_r50_cifar100")),
     _t2("r50-seedmse-r50", "ResNet-50 SEED-MSE (BYOL R-50)", "SEED-MSE",
-        (69.4, 69.0, 68.5, 69.1, 68.4, 68.1, 67.3, 66.9, 66.4), unavailable=_SEED),
+        (69.4, 69.0, 68.5, 69.1, 68.4, 68.1, 67.3, 66.9, 66.4), "seed_mse_r50_cifar100", individual=True,
+        note=_TEACHER.format("BYOL R-50", "byol_r50_cifar100")),
     _t2("r50-us-simclr", "ResNet-50 US+SimCLR", "US+SimCLR",
         (70.1, 69.9, 69.7, 69.3, 68.7, 68.2, 67.3, 66.0, 65.5), "us_simclr_r50_cifar100"),
     _t2("r50-us-simsiam", "ResNet-50 US+SimSiam", "US+SimSiam",
@@ -170,9 +183,11 @@ T2 = Table("2", "Table 2. Main results on CIFAR-100 (linear eval, SGD protocol)"
     _t2("mbv2-byol", "MobileNetv2 BYOL", "BYOL",
         (61.2, 60.7, 60.5, 60.2, 59.9, 58.7, 57.3, 54.6, 51.9), "byol_mbv2_cifar100", individual=True),
     _t2("mbv2-seedmse-r50", "MobileNetv2 SEED-MSE (BYOL R-50)", "SEED-MSE",
-        (68.6, 68.9, 67.6, 67.3, 67.4, 66.3, 65.5, 64.0, 62.6), unavailable=_SEED),
+        (68.6, 68.9, 67.6, 67.3, 67.4, 66.3, 65.5, 64.0, 62.6), "seed_mse_mbv2_cifar100", individual=True,
+        note=_TEACHER.format("BYOL R-50", "byol_r50_cifar100")),
     _t2("mbv2-seedmse-mbv2", "MobileNetv2 SEED-MSE (BYOL MBv2)", "SEED-MSE",
-        (63.8, 63.5, 63.8, 63.6, 63.6, 63.3, 62.7, 62.1, 59.8), unavailable=_SEED),
+        (63.8, 63.5, 63.8, 63.6, 63.6, 63.3, 62.7, 62.1, 59.8), "seed_mse_mbv2_cifar100", _MBV2_TEACHER,
+        individual=True, note=_TEACHER.format("BYOL MBv2", "byol_mbv2_cifar100")),
     _t2("mbv2-us-simclr", "MobileNetv2 US+SimCLR", "US+SimCLR",
         (56.2, 56.0, 55.3, 55.0, 54.8, 54.3, 54.0, 53.2, 52.2), "us_simclr_mbv2_cifar100"),
     _t2("mbv2-us-simsiam", "MobileNetv2 US+SimSiam", "US+SimSiam", (_,) * 9,
