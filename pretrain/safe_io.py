@@ -16,6 +16,7 @@ writer can leave half a file. So:
 from __future__ import annotations
 
 import fnmatch
+import glob
 import io
 import json
 import os
@@ -105,6 +106,22 @@ def remove_stale(folder: str | os.PathLike, name: str) -> list[Path]:
             else:
                 entry.unlink(missing_ok=True)
             removed.append(entry)
+    return removed
+
+
+def remove_own(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove this process's own temp entries of ``name`` in ``folder`` (``.NAME.<our pid>.*``):
+    for an interrupt that lands between creating a temp entry and the code that owns it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.glob(f"{glob.escape(temp_prefix(name))}*{TEMP_SUFFIX}"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
     return removed
 
 

@@ -131,8 +131,10 @@ def test_dry_run_2_prints_commands_whose_configs_exist(capsys, tmp_path):
     assert all("data.root=/data" in c for c in pre)
     t2 = paper.table("2")
     covered = [r for r in t2.rows if r.covered]
-    # one pretraining per once-trained row, one per width for an individually trained one
-    assert len(pre) == sum(len(r.widths) if r.individual else 1 for r in covered)
+    # one pretraining per once-trained row, one per width for an individually trained one, and
+    # a SEED row's teacher first
+    assert len(pre) == sum((len(r.widths) if r.individual else 1) + bool(C.teacher_config(r))
+                           for r in covered)
     probes = [c for c in cmds if any(a.endswith("tools/linear_probe.py") for a in c)]
     assert all(c[c.index("--protocol") + 1] == "sgd" and c[c.index("--image-size") + 1] == "32"
                for c in probes)
@@ -141,6 +143,24 @@ def test_dry_run_2_prints_commands_whose_configs_exist(capsys, tmp_path):
     assert len(re.findall(r"^   estimate: [0-9.]+ GPU-h", out, re.M)) == len(covered)
     assert all(f"   {r.unavailable}" in out for r in t2.rows if not r.covered)
     assert "ESTIMATES" in out and "not measured" in out
+
+
+def test_seed_rows_pretrain_their_teacher_first_and_name_its_file(tmp_path):
+    rows = {r.key: r for r in paper.table("2").rows}
+    for key, teacher in (("r18-seedmse-r18", "byol_r18_cifar100"),
+                         ("r18-seed-r50", "byol_r50_cifar100")):
+        cmds = C.commands(rows[key], C.Settings(out=tmp_path))
+        first, students = cmds[0], [c for c in cmds[1:] if c.kind == "pretrain"]
+        ckpt = tmp_path / "pretrain" / teacher / "checkpoint.pth"
+        assert first.kind == "pretrain" and first.outputs == [ckpt]
+        assert first.argv[first.argv.index("--config") + 1].endswith(f"{teacher}.yaml")
+        assert len(students) == len(rows[key].widths)
+        for c in students:
+            named = [a for a in c.argv if a.startswith("teacher.checkpoint=")]
+            assert named == [f"teacher.checkpoint={ckpt}"] and ckpt in c.inputs
+    plain = C.commands(rows["r18-ours"], C.Settings(out=tmp_path))
+    assert C.teacher_config(rows["r18-ours"]) is None
+    assert not any(a.startswith("teacher.") for c in plain for a in c.argv)
 
 
 def test_dry_run_detection_rows_use_train_det_with_gpus(capsys):

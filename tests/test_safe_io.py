@@ -128,3 +128,18 @@ def test_killed_converter_leftovers_are_ignored_by_readers_and_removed_by_the_ne
     assert convert([*args, "--widths", "0.5"]) == 0
     assert not stale.exists() and (out / ".notes").read_text() == "mine"
     assert ExportSource(out).widths() == [1.0, 0.5]
+
+
+def test_remove_own_removes_only_this_process_temp_entries(tmp_path):
+    """An interrupt between creating a temp folder and the code that owns it: the writer removes
+    its own ``.NAME.<pid>.*.tmp`` entries, never another writer's or another name's."""
+    mine = tmp_path / f"{safe_io.temp_prefix('w0.50')}abc{safe_io.TEMP_SUFFIX}"
+    mine_file = tmp_path / f"{safe_io.temp_prefix('w0.50')}def{safe_io.TEMP_SUFFIX}"
+    other_pid = tmp_path / f".w0.50.{os.getpid() + 1}.abc{safe_io.TEMP_SUFFIX}"
+    other_name = tmp_path / f"{safe_io.temp_prefix('w0.25')}abc{safe_io.TEMP_SUFFIX}"
+    for folder in (mine, other_pid, other_name):
+        folder.mkdir()
+        (folder / "meta.json").write_text("{}")
+    mine_file.write_text("x")
+    assert sorted(safe_io.remove_own(tmp_path, "w0.50")) == sorted([mine, mine_file])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other_pid.name, other_name.name])

@@ -637,6 +637,8 @@ def run(argv: list[str] | None = None) -> int:
             rows.append(row)
             print_row(row)
     except KeyboardInterrupt:  # SIGINT, or SIGTERM through cli.run: the width being written is gone
+        for width in plan.widths:  # even one whose temp folder was made a moment before the signal
+            safe_io.remove_own(plan.out, folder_name(width))
         if rows:
             write_reports(plan, rows)
         raise

@@ -79,6 +79,16 @@ def smoke_overrides(row: Row) -> list[str]:
     return list(SMOKE_PRETRAIN) + list(SMOKE_MODEL["vit" if arch.startswith("vit") else "cnn"])
 
 
+def teacher_config(row: Row) -> str | None:
+    """The config stem of a SEED row's teacher: ``teacher.checkpoint: runs/STEM/checkpoint.pth``
+    names the default run of configs/pretrain/STEM.yaml (None: no teacher, or another file)."""
+    path = (resolved_config(row).get("teacher") or {}).get("checkpoint")
+    if not path or Path(path).name != "checkpoint.pth":
+        return None
+    stem = Path(path).parent.name
+    return stem if (CONFIG_DIR / f"{stem}.yaml").is_file() else None
+
+
 def width_dir(width: float) -> str:
     """The converter's folder for ``width`` (transfer/export/convert.py ``folder_name``)."""
     return f"w{width:.2f}" if round(width, 2) == width else f"w{width:g}"
@@ -153,18 +163,30 @@ def commands(row: Row, s: Settings) -> list[Command]:
     runs = [(w, [w]) for w in widths] if row.individual else [(None, list(widths))]
     smoke = smoke_overrides(row) if s.smoke else []
     cmds: list[Command] = []
+    launcher = [py] if s.gpus <= 1 else [py, "-m", "torch.distributed.run",
+                                         f"--nproc_per_node={s.gpus}"]
+    teacher, teacher_over, teacher_in = teacher_config(row), [], []
+    if teacher:  # SEED: the teacher is pretrained first, once, and every student names its file
+        tdir = out / "pretrain" / (teacher + ("+smoke" if s.smoke else ""))
+        tcfg = CONFIG_DIR / f"{teacher}.yaml"
+        cmds.append(Command(f"pretrain-{tdir.name}", launcher + [
+            str(ROOT / "tools" / "pretrain.py"), "--config", str(tcfg), "--no-progress", *smoke,
+            f"data.root={root}", f"output.dir={tdir}"], [tdir / "checkpoint.pth"], [tcfg],
+            "pretrain"))
+        teacher_over, teacher_in = [f"teacher.checkpoint={tdir / 'checkpoint.pth'}"], \
+            [tdir / "checkpoint.pth"]
     for fixed, widths in runs:
         pid = pretrain_id(row, fixed) + ("+smoke" if s.smoke else "")
         pdir = out / "pretrain" / pid
         ckpt = pdir / "checkpoint.pth"
         over = list(row.overrides) + ([f"sampling.fixed_width={fixed}"] if fixed is not None else [])
-        over += smoke
-        launcher = [py] if s.gpus <= 1 else [py, "-m", "torch.distributed.run",
-                                             f"--nproc_per_node={s.gpus}"]
+        if teacher_over:  # the row's teacher run replaces the config's default path
+            over = [o for o in over if not o.startswith("teacher.checkpoint=")]
+        over += smoke + teacher_over
         cmds.append(Command(f"pretrain-{pid}", launcher + [
             str(ROOT / "tools" / "pretrain.py"), "--config", str(config_path(row)), "--no-progress",
-            *over, f"data.root={root}", f"output.dir={pdir}"], [ckpt], [config_path(row)],
-            "pretrain"))
+            *over, f"data.root={root}", f"output.dir={pdir}"], [ckpt],
+            [config_path(row), *teacher_in], "pretrain"))
         suffix = "" if fixed is None else f"_{width_dir(fixed)}"
         rdir = row_dir(s, row)
         export = rdir / f"export{suffix}"

@@ -127,7 +127,8 @@ T1 = Table("1", "Table 1. Supervised vs SimSiam under S-Net on CIFAR-100 (ResNet
 # SEED rows: one run per width (the paper's "Once Training x", cost nT), each distilled from a
 # BYOL teacher at 1.0x trained first (configs/pretrain/byol_*_cifar100.yaml at its default
 # output.dir, the path the seed configs name; teacher.checkpoint=PATH names another).
-_TEACHER = "teacher: {} at 1.0x, trained first (configs/pretrain/{}.yaml, its default output.dir)"
+_TEACHER = ("teacher: {} at 1.0x, pretrained by the row's first command (configs/pretrain/{}.yaml; "
+            "shared by the rows that name it)")
 _R18_TEACHER = ("teacher.checkpoint=runs/byol_r18_cifar100/checkpoint.pth",)
 _MBV2_TEACHER = ("teacher.checkpoint=runs/byol_mbv2_cifar100/checkpoint.pth",)
 
