@@ -39,8 +39,8 @@ def one_thread():
 # The longest files first: with `pytest -n 2 --dist loadfile` (make test) the two longest start on
 # their own workers at once, the next two follow, and the short files fill in around them.
 _FIRST = ("test_pipeline.py", "test_detection.py", "test_pretrain_ddp.py", "test_pretrain_engine.py",
-          "test_compare.py", "test_bad_inputs_pretrain.py", "test_linear_probe.py",
-          "test_bad_inputs_convert_probe.py")
+          "test_compare.py", "test_bad_inputs_pretrain.py", "test_reproduce.py",
+          "test_linear_probe.py", "test_bad_inputs_convert_probe.py", "test_seed.py")
 
 
 def pytest_collection_modifyitems(config, items):
