@@ -8,7 +8,13 @@
     ratio against the US+SimCLR configuration (case 14, no momentum encoder, no head g) is
     printed too. Iterations are drawn stratified from each schedule and timed interleaved.
 (b) Forward time of the slimmable network at width r over the plain network built at r (same
-    weights, eval mode), r in {0.25, 0.5, 0.75, 1.0} -- goal <= 1.10.
+    weights, eval mode), r in {0.25, 0.5, 0.75, 1.0} -- goal <= 1.10 -- slicing at every call and
+    with ``slim.cached_slices`` (the dense slices kept while the weights do not change).
+
+(c) A US3L iteration at width 1.0 only (stage 1 of Algorithm 1: both views, the momentum encoder,
+    the heads, one optimizer step) over a plain torchvision-structured ResNet's forward and backward
+    of both views with an SGD step, same batch, same precision and layout (--fast switches
+    apply to both) -- GPU goal <= 1.15.
 
     python bench/pretrain_cost.py                     # ResNet-18, CIFAR stem, 32x32, batch 64
     python bench/pretrain_cost.py --arch resnet50 --batch 128 --iters 8
@@ -38,6 +44,23 @@ from pretrain.sampling import widths_for_iteration  # noqa: E402
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def timed_step(trainer: Trainer, x1, x2, widths: list[float]) -> float:
+    """Seconds of one ``Trainer.step`` at ``widths`` (the device synchronised on both ends)."""
+    _sync(trainer.device)
+    t0 = time.perf_counter()
+    trainer.step(x1, x2, widths=widths)
+    _sync(trainer.device)
+    return time.perf_counter() - t0
+
+
+def add_run_args(parser) -> None:
+    """The run every pretraining bench times: model, image size, batch per view."""
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--stem", default="cifar")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=64)
 
 
 def trainer_for(args, out: Path, *extra: str) -> Trainer:
@@ -73,11 +96,7 @@ def cost_ratio(args, device: torch.device) -> None:
     sand_w = schedule_samples(sand, 400, args.iters, 2)
 
     def timed(trainer, widths) -> float:
-        _sync(device)
-        t0 = time.perf_counter()
-        trainer.step(x1, x2, widths=widths)
-        _sync(device)
-        return time.perf_counter() - t0
+        return timed_step(trainer, x1, x2, widths)
 
     for trainer in (us3l, simclr):  # warm-up (allocator, kernels)
         timed(trainer, [1.0, 0.25, 0.6])
@@ -109,7 +128,7 @@ def forward_ratio(args, device: torch.device) -> None:
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     print(f"(b) eval forward, slimmable at r / plain network at r (same weights), {args.arch}, "
           f"batch {args.batch}, median of {args.reps}")
-    worst = 0.0
+    worst, worst_cached = 0.0, 0.0
     for width in (0.25, 0.5, 0.75, 1.0):
         slim.set_width(model, width)
         with torch.no_grad():
@@ -125,29 +144,75 @@ def forward_ratio(args, device: torch.device) -> None:
                 _sync(device)
                 return time.perf_counter() - t0
 
-            for _ in range(2):
-                run(model), run(plain)
-            ts, tp = [], []
-            for _ in range(args.reps):
-                ts.append(run(model))
-                tp.append(run(plain))
+            ts, tc, tp = [], [], []
+            for rep in range(2 + args.reps):  # 2 warm-up rounds, then interleaved
+                sliced = run(model)
+                with slim.cached_slices(model):
+                    run(model)              # builds the dense slices
+                    cached = run(model)     # uses them
+                times = sliced, cached, run(plain)
+                if rep >= 2:
+                    for series, value in zip((ts, tc, tp), times):
+                        series.append(value)
         model.train()
-        ratio = statistics.median(ts) / statistics.median(tp)
-        worst = max(worst, ratio)
-        print(f"    r={width:<4}  slimmable {statistics.median(ts) * 1e3:8.2f} ms  plain "
-              f"{statistics.median(tp) * 1e3:8.2f} ms  ratio {ratio:.3f}")
-    print(f"    worst ratio {worst:.3f} (goal <= 1.10: {'met' if worst <= 1.10 else 'NOT met'})")
+        med = statistics.median
+        ratio, cached = med(ts) / med(tp), med(tc) / med(tp)
+        worst, worst_cached = max(worst, ratio), max(worst_cached, cached)
+        print(f"    r={width:<4}  slimmable {med(ts) * 1e3:8.2f} ms  cached slices "
+              f"{med(tc) * 1e3:8.2f} ms  plain {med(tp) * 1e3:8.2f} ms  ratio {ratio:.3f} "
+              f"(cached {cached:.3f})")
+    for label, value in (("slicing per call", worst), ("cached slices", worst_cached)):
+        print(f"    worst ratio, {label}: {value:.3f} (goal <= 1.10: "
+              f"{'met' if value <= 1.10 else 'NOT met'})")
+
+
+def stage1_ratio(args, device: torch.device) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="us3l-bench-"))
+    trainer = trainer_for(args, tmp / "c", "method.name=us3l", *args.fast)
+    cfg = {"arch": args.arch, "stem": args.stem}
+    plain = trainer.speed.prepare_model(
+        backbone_twin(trainer.method.online.backbone, cfg, 1.0).to(device).train())
+    optimizer = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)
+    x1, x2, _ = next(iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=args.batch)))
+    v1, v2 = (trainer.speed.prepare_input(x.to(device)) for x in (x1, x2))
+
+    def plain_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with trainer.speed.forward_context(trainer.amp):
+            loss = plain(v1).float().mean() + plain(v2).float().mean()
+        loss.backward()
+        optimizer.step()
+
+    def run(fn) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - t0
+
+    ours, base = [], []
+    for rep in range(2 + args.reps):  # 2 warm-up rounds, then interleaved
+        a, b = run(lambda: trainer.step(x1, x2, widths=[1.0])), run(plain_step)
+        if rep >= 2:
+            ours.append(a)
+            base.append(b)
+    med = statistics.median
+    ratio = med(ours) / med(base)
+    print(f"(c) stage-1 US3L iteration / plain ResNet forward+backward of both views, {args.arch}, "
+          f"batch {args.batch} per view, switches: {trainer.speed.describe()}, median of "
+          f"{args.reps}")
+    print(f"    US3L {med(ours) * 1e3:8.1f} ms  plain {med(base) * 1e3:8.1f} ms  ratio {ratio:.3f} "
+          f"(goal <= 1.15 on a GPU: {'met' if ratio <= 1.15 else 'NOT met'})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="US3L pretraining cost ratios")
-    parser.add_argument("--arch", default="resnet18")
-    parser.add_argument("--stem", default="cifar")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=64)
+    add_run_args(parser)
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per schedule quarter")
     parser.add_argument("--reps", type=int, default=10, help="timed forwards per width")
-    parser.add_argument("--only", choices=("a", "b"), default=None)
+    parser.add_argument("--only", choices=("a", "b", "c"), default=None)
+    parser.add_argument("--fast", action="append", default=[], metavar="KEY=VALUE",
+                        help="speed switches for (c), e.g. speed.bf16=true (repeat)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -155,6 +220,8 @@ def main() -> None:
         cost_ratio(args, device)
     if args.only in (None, "b"):
         forward_ratio(args, device)
+    if args.only in (None, "c"):
+        stage1_ratio(args, device)
 
 
 if __name__ == "__main__":

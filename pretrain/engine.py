@@ -4,7 +4,9 @@ Per iteration: zero_grad once; the base (largest) network on both views, base lo
 then each sampled sub-network, its distillation loss, backward (gradients accumulate; targets are
 detached so the graphs are independent); the group regularization's gradient added once to
 ``.grad`` (its closed form, not a second autograd path: see ``GroupRegularizer.add_grad_``); one
-optimizer step, one scheduler step, the EMA update. Mixed precision only on CUDA; DDP when started
+optimizer step, one scheduler step, the EMA update. The losses and spreads of every width are read
+to the host once per iteration. fp16 mixed precision only on CUDA (``amp``); bf16 forwards and
+channels_last on CPU or GPU when switched on (``speed``: pretrain/speed.py). DDP when started
 by ``torchrun`` (on CUDA: SlimBatchNorm in sync mode, SyncBatchNorm in the heads and the momentum
 projector; torch's SyncBatchNorm has no CPU kernels, so gloo-on-CPU runs keep per-process BN;
 gradient all-reduce only on the last backward of an iteration). Checkpoints (pretrain/checkpoint.py
@@ -57,6 +59,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.profiler import record_function as profiled  # a named scope in bench/pretrain_profile.py
 from torch.utils.data import DataLoader
 
 from pretrain import checkpoint as ckpt_io
@@ -65,12 +68,13 @@ from pretrain import distributed, slim
 from pretrain.cli import write_error
 from pretrain.config import ConfigError, save_resolved
 from pretrain.device import default_device
-from pretrain.losses import embedding_std
+from pretrain.losses import embedding_spread
 from pretrain.methods import US3L, build_method
 from pretrain.models import build_backbone
 from pretrain.monitor import Monitor, knn_accuracy
 from pretrain.regularizers import build_regularizer, scheduled_alpha
 from pretrain.sampling import widths_for_iteration
+from pretrain.speed import SpeedSettings
 
 # Sections whose change alters what a resumed run means (the rest -- output, monitor, checkpoint,
 # amp, dist -- may change freely), and the keys inside them that do not.
@@ -329,7 +333,8 @@ class Trainer:
                               f"does not take ({err})") from None
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
-        self.method = build_method(backbone, cfg).to(self.device)
+        self.speed = SpeedSettings(cfg.get("speed"), self.device)
+        self.method = self.speed.prepare_model(build_method(backbone, cfg).to(self.device))
         self.max_width = float(cfg["sampling"]["max_width"])
         o = self.method.online
         # g (o.distill_head) serves the sub-networks only: no decay in iterations without them
@@ -354,7 +359,8 @@ class Trainer:
         min_ratio = float(cfg["optim"]["min_lr"]) / base_lr if base_lr else 0.0
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(self.total, warmup, min_ratio))
-        self.amp = bool(cfg["amp"]) and self.device.type == "cuda"
+        # fp16 autocast + loss scaling on CUDA; speed.bf16 replaces it (no scaling needed)
+        self.amp = bool(cfg["amp"]) and self.device.type == "cuda" and not self.speed.bf16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.width_rng = random.Random(seed)
         self.iteration = 0
@@ -418,7 +424,9 @@ class Trainer:
         if self.rank != 0:
             self.last_good = (Path(path or self.ckpt_path), self.iteration)
             return None
-        cpu = lambda sd: None if sd is None else {k: v.detach().cpu() for k, v in sd.items()}  # noqa
+        # contiguous: a checkpoint reads the same whatever memory format trained it (speed.py)
+        cpu = lambda sd: None if sd is None else {  # noqa: E731
+            k: v.detach().cpu().contiguous() for k, v in sd.items()}
         state = {k: cpu(v) for k, v in self.method.state_parts().items()}
         s = self.cfg["sampling"]
         written = ckpt_io.save_checkpoint(path or self.ckpt_path, config=self.cfg, state=state,
@@ -519,7 +527,9 @@ class Trainer:
         return self.ddp.no_sync() if (self.ddp is not None and not last) else contextlib.nullcontext()
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16, enabled=self.amp)
+        """The forward passes' precision (speed.bf16, or CUDA fp16 ``amp``); losses run outside
+        it, in float32."""
+        return self.speed.forward_context(self.amp)
 
     def step(self, x1: torch.Tensor, x2: torch.Tensor, widths: list[float] | None = None) -> dict:
         """Algorithm 1 for one batch of two views; returns the per-width records.
@@ -530,29 +540,38 @@ class Trainer:
             widths = widths_for_iteration(t, self.total, self.cfg["sampling"], self.width_rng)
         method, inner = self.method, self.method.online
         net = self.ddp if self.ddp is not None else inner
-        x1, x2 = x1.to(self.device, non_blocking=True), x2.to(self.device, non_blocking=True)
+        prepare = self.speed.prepare_input
+        x1 = prepare(x1.to(self.device, non_blocking=True))
+        x2 = prepare(x2.to(self.device, non_blocking=True))
         self.optimizer.zero_grad(set_to_none=True)
-        records = []
+        # Losses and embedding spreads stay on the device until one read per iteration (no host
+        # sync per width: the GPU runs ahead through every width's backward).
+        records, values = [], []
         with self._sync_context(last=len(widths) == 1):
             slim.set_width(inner, widths[0])
-            with self._autocast():
+            with profiled("forward"), self._autocast(), self.speed.slices(inner):
                 o1, o2 = net(x1, x2)
+            with profiled("momentum encoder"), self._autocast():
                 k1, k2 = method.momentum_targets(x1, x2)
+            with profiled("losses"):
                 base = method.base_loss(o1, o2, k1, k2)
-            self.scaler.scale(base).backward()
-        records.append({"width": widths[0], "role": "base", "loss": base.item(),
-                        "std": embedding_std(o1["z"])})
+            with profiled("backward"):
+                self.scaler.scale(base).backward()
+        records.append({"width": widths[0], "role": "base"})
+        values.append(torch.stack([base.detach().float(), embedding_spread(o1["z"])]))
         t1, t2 = method.sub_targets(o1, o2, k1, k2)
         sandwich = bool(self.cfg["sampling"]["sandwich"])
         for j, width in enumerate(widths[1:]):
             with self._sync_context(last=j == len(widths) - 2):
                 slim.set_width(inner, width)
-                with self._autocast():
+                with profiled("forward"), self._autocast(), self.speed.slices(inner):
                     s1, s2 = net(x1, x2, student=True)
+                with profiled("losses"):
                     loss = method.sub_loss(s1, s2, t1, t2, k1, k2)
-                self.scaler.scale(loss).backward()
-            records.append({"width": width, "role": "min" if (j == 0 and sandwich) else "random",
-                            "loss": loss.item(), "std": embedding_std(s1["z"])})
+                with profiled("backward"):
+                    self.scaler.scale(loss).backward()
+            records.append({"width": width, "role": "min" if (j == 0 and sandwich) else "random"})
+            values.append(torch.stack([loss.detach().float(), embedding_spread(s1["z"])]))
         slim.set_width(inner, self.max_width)
         # Group regularization once per iteration (line 5), added to .grad after the (DDP-reduced)
         # backward passes: a second autograd path would mark g ready twice under DDP (issue 19).
@@ -564,21 +583,28 @@ class Trainer:
             reg_alpha = self.reg_alpha(t)
             self.regularizer.set_alpha(reg_alpha)
             students = len(widths) > 1
-            with torch.no_grad():
+            with torch.no_grad(), profiled("regularizer"):
                 reg = self.regularizer(students=students)
-            self.regularizer.add_grad_(self.scaler.get_scale() if self.amp else 1.0,
-                                       students=students)
-        self._check_losses(t, records, float(reg.detach()))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            with profiled("regularizer"):
+                self.regularizer.add_grad_(self.scaler.get_scale() if self.amp else 1.0,
+                                           students=students)
+        with profiled("host sync"):  # the iteration's one read of device values
+            read = torch.cat([torch.stack(values).flatten(), reg.detach().float().reshape(1)])
+            *pairs, reg_value = read.tolist()
+        for i, record in enumerate(records):
+            record.update(loss=pairs[2 * i], std=pairs[2 * i + 1])
+        self._check_losses(t, records, reg_value)
+        with profiled("optimizer"):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
         momentum = method.momentum_at(t, self.total)
-        method.momentum_update(momentum)
+        with profiled("momentum update"):
+            method.momentum_update(momentum)
         if k1 is not None and method.queue is not None:
             method.enqueue(torch.cat([k1, k2]))
         self.iteration = t
-        reg_value = float(reg.detach())
         return {"records": records, "lr": lr, "momentum": momentum, "reg": reg_value,
                 "reg_alpha": reg_alpha, "loss": sum(r["loss"] for r in records) + reg_value}
 

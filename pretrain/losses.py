@@ -133,8 +133,14 @@ def info_nce_target(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.5,
         return F.cross_entropy(logits / temperature, target)
 
 
-def embedding_std(z: torch.Tensor) -> float:
+def embedding_spread(z: torch.Tensor) -> torch.Tensor:
     """Mean over dimensions of the batch std of L2-normalised ``z`` (SimSiam's collapse metric):
-    about 1/sqrt(dim) for well-spread outputs, 0 for a collapsed (constant) output."""
+    about 1/sqrt(dim) for well-spread outputs, 0 for a collapsed (constant) output. A 0-d tensor
+    on ``z``'s device (reading it is the caller's one host sync)."""
     with torch.no_grad():
-        return F.normalize(z.detach().float(), dim=-1).std(dim=0).mean().item()
+        return F.normalize(z.detach().float(), dim=-1).std(dim=0).mean()
+
+
+def embedding_std(z: torch.Tensor) -> float:
+    """``embedding_spread`` as a Python float."""
+    return embedding_spread(z).item()

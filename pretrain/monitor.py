@@ -217,14 +217,15 @@ def knn_accuracy(backbone: torch.nn.Module, bank_loader, val_loader, width: floa
     was_training, previous = backbone.training, slim.get_width(backbone)
     try:
         slim.set_width(backbone, width)
-        with slim.calibrating(backbone):
-            for i, (x, _) in enumerate(bank_loader):
-                if i >= max_batches:
-                    break
-                backbone(x.to(device))
-        backbone.eval()
-        bank, bank_y = features(backbone, bank_loader, device, max_batches)
-        val, val_y = features(backbone, val_loader, device, max_batches)
+        with slim.cached_slices(backbone):  # the weights stay fixed throughout
+            with slim.calibrating(backbone):
+                for i, (x, _) in enumerate(bank_loader):
+                    if i >= max_batches:
+                        break
+                    backbone(x.to(device))
+            backbone.eval()
+            bank, bank_y = features(backbone, bank_loader, device, max_batches)
+            val, val_y = features(backbone, val_loader, device, max_batches)
     finally:
         slim.set_width(backbone, previous)
         backbone.train(was_training)

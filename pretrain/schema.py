@@ -272,6 +272,9 @@ RULES: dict[str, Rule] = {
     "checkpoint.every_iters": Int(0),
     "output.dir": Text(),
     "amp": Bool(),
+    "speed.channels_last": Bool(),
+    "speed.bf16": Bool(),
+    "speed.cached_slices": Bool(),
     "dist.sync_bn": Bool(),
     "dist.backend": Choice(("nccl", "gloo", "mpi", "ucc"), nullable=True),
 }

@@ -94,11 +94,42 @@ class SlimMixin:
     width: float = 1.0
     slim_out: bool = True
     out_groups: int = 1
+    slice_cache: dict | None = None  # set inside ``cached_slices``
+    slice_grad: bool = False          # cached slices carry gradients (one training step)
 
     def out_at(self, full: int) -> int:
         if not self.slim_out:
             return full
         return grouped_channels_at(full, self.width, self.out_groups)
+
+    def sliced(self, cout: int, cin: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight, bias) of the first ``cout`` outputs and ``cin`` inputs: views of the shared
+        tensors; inside ``cached_slices``, dense copies kept per shape until the weights change
+        (their version counter or storage), in the dtype autocast would cast them to."""
+        weight, bias = self.weight, self.bias
+        if cout == weight.shape[0] and cin == weight.shape[1]:
+            return weight, bias
+        cache = self.slice_cache
+        tracked = torch.is_grad_enabled() and weight.requires_grad
+        if cache is None or (tracked and not self.slice_grad):
+            return weight[:cout, :cin], (bias[:cout] if bias is not None else None)
+        kind = weight.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+        key = (cout, cin, dtype, weight._version, weight.data_ptr(),
+               None if bias is None else (bias._version, bias.data_ptr()))
+        hit = cache.get(key)
+        if hit is None:
+            layout = (torch.channels_last if weight.dim() == 4 and not weight.is_contiguous()
+                      and weight.is_contiguous(memory_format=torch.channels_last)
+                      else torch.contiguous_format)
+            with torch.set_grad_enabled(tracked):
+                hit = (weight[:cout, :cin].to(dtype or weight.dtype, memory_format=layout,
+                                              copy=True),
+                       None if bias is None else bias[:cout].to(dtype or bias.dtype, copy=True))
+            if len(cache) >= SLICE_CACHE_SIZE:
+                cache.clear()
+            cache[key] = hit
+        return hit
 
 
 class SlimConv2d(nn.Conv2d, SlimMixin):
@@ -113,13 +144,12 @@ class SlimConv2d(nn.Conv2d, SlimMixin):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cin = x.shape[1]
-        if self.depthwise:
+        if self.depthwise:  # weight (C, 1, k, k): the first C filters, each of one channel
             cout, groups = cin, cin
-            weight = self.weight[:cout]
+            weight, bias = self.sliced(cout, 1)
         else:
             cout, groups = self.out_at(self.out_channels), 1
-            weight = self.weight[:cout, :cin]
-        bias = self.bias[:cout] if self.bias is not None else None
+            weight, bias = self.sliced(cout, cin)
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
 
@@ -130,9 +160,8 @@ class SlimLinear(nn.Linear, SlimMixin):
         self.out_groups = out_groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cout = self.out_at(self.out_features)
-        bias = self.bias[:cout] if self.bias is not None else None
-        return F.linear(x, self.weight[:cout, : x.shape[-1]], bias)
+        weight, bias = self.sliced(self.out_at(self.out_features), x.shape[-1])
+        return F.linear(x, weight, bias)
 
 
 class SlimBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -183,6 +212,27 @@ class SlimLayerNorm(nn.LayerNorm):
 
 SLIM_TYPES = (SlimConv2d, SlimLinear)
 BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+SLICE_CACHE_SIZE = 4  # shapes kept per layer (a few widths); more are rebuilt
+
+
+@contextlib.contextmanager
+def cached_slices(model: nn.Module, with_grad: bool = False) -> Iterator[nn.Module]:
+    """Inside: each layer slices (and casts, under autocast) its weights once per width and
+    reuses the dense copy while the weights do not change, instead of at every call. Same
+    values, so the same outputs.
+
+    ``with_grad=False`` (evaluation, BN calibration, the kNN monitor): only forwards without
+    gradients use the cache; a training forward slices as usual. ``with_grad=True`` (one
+    training step, ``speed.cached_slices``): the copies carry gradients, so a width's two views
+    share one slice, and its backward runs once instead of once per view."""
+    layers = [m for m in model.modules() if isinstance(m, SLIM_TYPES)]
+    for m in layers:
+        m.slice_cache, m.slice_grad = {}, with_grad
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.slice_cache, m.slice_grad = None, False
 
 
 def check_width_list(widths) -> tuple[float, ...]:

@@ -8,6 +8,7 @@ is the traceback a user would see); subprocess cases run the real command line.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,13 @@ from typing import Callable, Sequence
 from pretrain import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child the test interrupts with SIGINT: a shell starts background jobs
+    with SIGINT ignored, and a Python started so never turns SIGINT into KeyboardInterrupt, so
+    a suite run from a background job would not test the interrupt at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def snapshot(folder: str | os.PathLike | None) -> dict | None:

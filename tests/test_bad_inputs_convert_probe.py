@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from bad_input_helpers import ROOT, call_main, check_one_line, run_cmd, snapshot
+from bad_input_helpers import ROOT, call_main, check_one_line, interruptible, run_cmd, snapshot
 from export_helpers import make_checkpoint
 from pretrain import cli, slim
 from pretrain.models import build_backbone
@@ -656,7 +656,7 @@ def _start_converter(ckpt: Path, out: Path, widths) -> subprocess.Popen:
          "--calib-batches", "2", "--calib-batch-size", "4", "--calib-size", "32",
          "--verify-images", "4", "--quiet"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=interruptible)
 
 
 def _kill_when_writing(proc: subprocess.Popen, out: Path, folder: str, sig: int,

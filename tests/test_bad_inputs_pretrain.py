@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bad_input_helpers import call_main, check_one_line
+from bad_input_helpers import call_main, check_one_line, interruptible
 from pretrain import cli
 from pretrain import checkpoint as ckpt_io
 from pretrain.config import DEFAULTS, load_config, resolve
@@ -528,7 +528,8 @@ def test_signal_stops_with_one_line_no_temp_files_checkpoint_intact(sig, tmp_pat
     proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "pretrain.py"), *TINY,
                              "schedule.iters=100000", "data.num_workers=1",
                              f"output.dir={out}"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 240
         while not (out / "checkpoint.pth").exists() and proc.poll() is None:

@@ -68,7 +68,7 @@ def recalibrate_bn(model: nn.Module, width: float, batches: Iterable, num_batche
         from tqdm import tqdm
         bar = tqdm(total=num_batches, desc=f"BN calibration at {width:g}", leave=False,
                    unit="batch", disable=None)  # no bar when stderr is not a terminal
-    with slim.calibrating(model), torch.no_grad():
+    with slim.calibrating(model), slim.cached_slices(model), torch.no_grad():
         for batch in batches:
             if num_batches is not None and used >= num_batches:
                 break
