@@ -21,6 +21,7 @@ from pretrain.engine import Trainer
 from pretrain.models import build_backbone
 
 WIDTHS = [1.0, 0.25, 0.6]  # the base network, R_min of stage 4 and a random width
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(tmp_path, *extra):
@@ -46,6 +47,13 @@ def one_step(tmp_path, *extra, round_input=False):
     return trainer, out, grads
 
 
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """The plain path's step: (records, gradients), shared by the comparisons."""
+    _, out, grads = one_step(tmp_path_factory.mktemp("plain"))
+    return out, grads
+
+
 def close(value: float, reference: float, tolerance: float) -> bool:
     return abs(value - reference) <= tolerance * max(1.0, abs(reference))
 
@@ -60,8 +68,8 @@ def relative(a: dict, b: dict) -> float:
 
 
 @pytest.mark.parametrize("switch", ["channels_last", "cached_slices"])
-def test_float32_switches_give_the_same_losses_and_gradients(tmp_path, switch):
-    _, plain, g_plain = one_step(tmp_path / "a")
+def test_float32_switches_give_the_same_losses_and_gradients(tmp_path, plain, switch):
+    plain, g_plain = plain
     trainer, fast, g_fast = one_step(tmp_path / "b", f"speed.{switch}=true")
     conv = trainer.method.online.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == (switch == "channels_last")
@@ -77,8 +85,8 @@ def test_float32_switches_give_the_same_losses_and_gradients(tmp_path, switch):
 
 @pytest.mark.skipif(not speed.bf16_available(torch.device("cpu")),
                     reason="this CPU has neither AVX512-BF16 nor AMX")
-def test_bf16_losses_and_gradients_stay_close_to_float32(tmp_path):
-    _, plain, g_plain = one_step(tmp_path / "a")
+def test_bf16_losses_and_gradients_stay_close_to_float32(tmp_path, plain):
+    plain, g_plain = plain
     _, _, g_rounded = one_step(tmp_path / "r", round_input=True)
     _, fast, g_fast = one_step(tmp_path / "b", "speed.bf16=true", "speed.channels_last=true",
                                "speed.cached_slices=true")
@@ -100,14 +108,15 @@ def test_bf16_on_a_cpu_without_it_is_one_config_error(tmp_path, monkeypatch):
 
 def test_a_channels_last_checkpoint_resumes_without_the_switch(tmp_path):
     run = tmp_path / "run"
-    Trainer(tiny(run, "speed.channels_last=true"), progress=False, device="cpu").train(
-        stop_after=2)
+    Trainer(tiny(run, "speed.channels_last=true", "schedule.iters=2"), progress=False,
+            device="cpu").train(stop_after=1)
     ckpt = torch.load(run / "checkpoint.pth", weights_only=True)
     assert all(v.is_contiguous() for part in ckpt["state"].values() if part
                for v in part.values())
-    resumed = Trainer(tiny(run), resume=run / "checkpoint.pth", progress=False, device="cpu")
+    resumed = Trainer(tiny(run, "schedule.iters=2"), resume=run / "checkpoint.pth",
+                      progress=False, device="cpu")
     resumed.train()
-    assert resumed.iteration == 4
+    assert resumed.iteration == 2
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
